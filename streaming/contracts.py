@@ -1,0 +1,96 @@
+"""The JSON contracts of the product: image events in, findings and dead letters out.
+
+The schema files in the repository's ``schemas/`` folder are the single source of
+truth; this module only loads and applies them with the ``jsonschema`` library.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from pathlib import Path
+
+import jsonschema
+import referencing
+
+IMAGE_EVENT = "image_event.v1.json"
+FINDING = "finding.v1.json"
+DEAD_LETTER = "dead_letter.v1.json"
+MODEL_METADATA = "model_metadata.v1.json"
+
+_PACKAGE_DIR = Path(__file__).resolve().parent
+# Installed copies carry the schemas inside the package (setup.py maps them there);
+# a source checkout reads them from the top-level folder.
+_SCHEMA_DIRS = (_PACKAGE_DIR / "schemas", _PACKAGE_DIR.parent / "schemas")
+
+
+def schema_dir() -> Path:
+    for candidate in _SCHEMA_DIRS:
+        if (candidate / IMAGE_EVENT).is_file():
+            return candidate
+    raise FileNotFoundError(
+        f"schema files not found in {', '.join(map(str, _SCHEMA_DIRS))}; "
+        "reinstall the package (pip install -e .)")
+
+
+@functools.cache
+def _schemas() -> dict[str, dict]:
+    directory = schema_dir()
+    return {name: json.loads((directory / name).read_text())
+            for name in (IMAGE_EVENT, FINDING, DEAD_LETTER, MODEL_METADATA)}
+
+
+def schema(name: str) -> dict:
+    """The parsed schema document (a copy: callers may not change the contract)."""
+    return json.loads(json.dumps(_schemas()[name]))
+
+
+@functools.cache
+def validator(name: str) -> jsonschema.protocols.Validator:
+    """A validator for one schema file, with formats (date-time, uuid) checked."""
+    schemas = _schemas()
+    registry = referencing.Registry().with_resources(
+        (schema["$id"], referencing.Resource.from_contents(schema))
+        for schema in schemas.values())
+    schema = schemas[name]
+    cls = jsonschema.validators.validator_for(schema)
+    cls.check_schema(schema)
+    return cls(schema, registry=registry, format_checker=cls.FORMAT_CHECKER)
+
+
+def errors(name: str, document: object) -> list[str]:
+    """Every violation of the named schema, as 'path: message' lines (empty when valid).
+
+    Messages name the offending field and rule; jsonschema echoes offending
+    values, so callers that may hold patient identity use ``violated_fields``.
+    """
+    return [f"{'/'.join(map(str, e.absolute_path)) or '(root)'}: {e.message}"
+            for e in sorted(validator(name).iter_errors(document), key=str)]
+
+
+def violated_fields(name: str, document: object) -> list[str]:
+    """Which fields break which rule, without the values (safe to log and to dead-letter)."""
+    found = set()
+    for error in validator(name).iter_errors(document):
+        where = "/".join(map(str, error.absolute_path)) or "(root)"
+        if error.validator in ("required", "additionalProperties"):
+            # The field named by the error is the problem; its value is not shown.
+            found.add(f"{where}: {error.validator} ({_field_names(error)})")
+        else:
+            found.add(f"{where}: {error.validator}")
+    return sorted(found)
+
+
+def _field_names(error: jsonschema.ValidationError) -> str:
+    if error.validator == "required":
+        instance = error.instance if isinstance(error.instance, dict) else {}
+        return ", ".join(sorted(f for f in error.validator_value if f not in instance))
+    allowed = set(error.schema.get("properties", {}))
+    instance = error.instance if isinstance(error.instance, dict) else {}
+    # Unknown field names are sender-chosen strings; show at most a count.
+    return f"{len(set(instance) - allowed)} unknown field(s)"
+
+
+def validate(name: str, document: object) -> None:
+    """Raise jsonschema.ValidationError when the document breaks the named schema."""
+    validator(name).validate(document)
