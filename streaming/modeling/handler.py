@@ -1,0 +1,65 @@
+"""A Beam ``ModelHandler`` for Keras 3 ``.keras`` models from the model registry.
+
+Beam ships a TensorFlow handler that loads ``.keras`` files through ``tf.keras``;
+it cannot run on GPU workers that have JAX and no TensorFlow. This handler goes
+through Keras 3 itself, so it runs on whatever backend ``KERAS_BACKEND`` names.
+
+RunInference loads the model once per worker (or once per machine with
+``share_across_processes``, through Beam's multi-process shared model) and batches
+elements between ``min_batch_size`` and ``max_batch_size``. Each
+``PredictionResult.model_id`` names the version that produced it.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable, Optional, Sequence
+
+from apache_beam.metrics import Metrics
+from apache_beam.ml.inference.base import ModelHandler, PredictionResult
+
+from streaming.modeling.loading import load_model
+from streaming.modeling.registry import ModelRegistry
+from streaming.modeling.scoring import ImageToScore, ModelServer, Scoring
+
+
+class KerasModelHandler(ModelHandler[ImageToScore, Scoring, ModelServer]):
+    def __init__(self, model_registry: str, model_name: str, model_version: str | None = None,
+                 *, min_batch_size: int = 1, max_batch_size: int = 32,
+                 share_across_processes: bool = False):
+        if not 1 <= min_batch_size <= max_batch_size:
+            raise ValueError(f"need 1 <= min_batch_size ({min_batch_size}) <= "
+                             f"max_batch_size ({max_batch_size})")
+        super().__init__(min_batch_size=min_batch_size, max_batch_size=max_batch_size,
+                         large_model=share_across_processes)
+        self._registry_root = model_registry
+        self._model_name = model_name
+        self._model_version = model_version
+        self._min_batch_size = min_batch_size
+        self._max_batch_size = max_batch_size
+        self._share = share_across_processes
+
+    def load_model(self) -> ModelServer:
+        registry = ModelRegistry(self._registry_root)
+        version = registry.resolve(self._model_name, self._model_version)
+        return ModelServer(load_model(registry, self._model_name, version))
+
+    def run_inference(self, batch: Sequence[ImageToScore], model: ModelServer,
+                      inference_args: Optional[dict[str, Any]] = None
+                      ) -> Iterable[PredictionResult]:
+        scorings = model.score(list(batch))
+        for scoring in scorings:
+            Metrics.counter("medimg.inference", scoring.status).inc()
+        return [PredictionResult(item.context, scoring, scoring.model_id)
+                for item, scoring in zip(batch, scorings)]
+
+    def get_num_bytes(self, batch: Sequence[ImageToScore]) -> int:
+        return sum(item.image.pixels.nbytes for item in batch)
+
+    def get_metrics_namespace(self) -> str:
+        return "medimg.keras"
+
+    def batch_elements_kwargs(self) -> dict:
+        return {"min_batch_size": self._min_batch_size, "max_batch_size": self._max_batch_size}
+
+    def share_model_across_processes(self) -> bool:
+        return self._share

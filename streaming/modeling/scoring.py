@@ -1,0 +1,102 @@
+"""Scoring a batch of decoded images with one model version: route, preprocess, predict.
+
+Routing, preprocessing and prediction happen together, under the same model
+version, so a finding is never the product of one model's preprocessing and
+another model's weights.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Sequence
+
+import numpy as np
+
+from streaming.imaging.preprocessing import preprocess
+from streaming.imaging.types import DecodedImage
+from streaming.modeling.loading import LoadedModel
+from streaming.modeling.metadata import Decision
+
+
+@dataclasses.dataclass(eq=False)
+class ImageToScore:
+    """One decoded image and what routing needs; ``context`` rides along untouched."""
+    context: Any
+    image: DecodedImage
+    modality: str | None
+    body_part_examined: str | None
+
+
+@dataclasses.dataclass(frozen=True)
+class Scoring:
+    """What one model version made of one image."""
+    status: str
+    model_name: str
+    model_version: str
+    decision: Decision | None = None
+    threshold: float | None = None
+    urgent_threshold: float | None = None
+    not_applicable_reason: str | None = None
+    failure: str | None = None
+    modality: str | None = None
+    frame_index: int = 0
+    frame_count: int = 1
+
+    SCORED = "scored"
+    NOT_APPLICABLE = "not_applicable"
+    FAILED = "failed"
+
+    @property
+    def model_id(self) -> str:
+        return f"{self.model_name}/{self.model_version}"
+
+
+class ModelServer:
+    """Scores batches with one loaded model version."""
+
+    def __init__(self, loaded: LoadedModel):
+        self.loaded = loaded
+
+    @property
+    def model_id(self) -> str:
+        return self.loaded.metadata.model_id
+
+    def score(self, batch: Sequence[ImageToScore]) -> list[Scoring]:
+        metadata = self.loaded.metadata
+        common = {"model_name": metadata.name, "model_version": metadata.version}
+        results: list[Scoring | None] = [None] * len(batch)
+        inputs, rows = [], []
+        for i, item in enumerate(batch):
+            frame = {"modality": item.modality, "frame_index": item.image.frame_index,
+                     "frame_count": item.image.frame_count}
+            reason = metadata.applicability.not_applicable_reason(
+                item.modality, item.body_part_examined, item.image.photometric_interpretation)
+            if reason:
+                results[i] = Scoring(Scoring.NOT_APPLICABLE, **common, **frame,
+                                     not_applicable_reason=reason)
+                continue
+            try:
+                inputs.append(preprocess(item.image.pixels, metadata.preprocessing))
+                rows.append(i)
+            except ValueError as error:
+                results[i] = Scoring(Scoring.FAILED, **common, **frame,
+                                     failure=f"image cannot be preprocessed: {error}")
+        if inputs:
+            probabilities = self.loaded.predict(np.stack(inputs))
+            for i, row in zip(rows, probabilities):
+                results[i] = self._read(row, batch[i], common)
+        return results
+
+    def _read(self, probabilities: np.ndarray, item: ImageToScore, common: dict) -> Scoring:
+        metadata = self.loaded.metadata
+        frame = {"modality": item.modality, "frame_index": item.image.frame_index,
+                 "frame_count": item.image.frame_count}
+        if not np.all(np.isfinite(probabilities)):
+            return Scoring(Scoring.FAILED, **common, **frame,
+                           failure="the model produced a non-finite score (NaN or infinity)")
+        if np.any(probabilities < 0) or np.any(probabilities > 1):
+            return Scoring(Scoring.FAILED, **common, **frame,
+                           failure="the model produced a score outside [0, 1]; "
+                                   "its output layer must be a softmax or sigmoid")
+        return Scoring(Scoring.SCORED, **common, **frame, decision=metadata.decide(probabilities),
+                       threshold=metadata.threshold, urgent_threshold=metadata.urgent_threshold)
