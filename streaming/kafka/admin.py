@@ -1,0 +1,74 @@
+"""Topic housekeeping: the job creates the topics it needs when it starts."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from kafka import KafkaAdminClient, KafkaConsumer
+from kafka.admin import NewTopic
+from kafka.errors import KafkaError, KafkaTimeoutError, TopicAlreadyExistsError
+
+from streaming.kafka.config import KafkaConfig
+
+LOG = logging.getLogger(__name__)
+
+
+class BrokerUnavailable(RuntimeError):
+    """No broker answered; the message says where we looked and what to check."""
+
+
+def _admin(config: KafkaConfig, timeout_s: float) -> KafkaAdminClient:
+    deadline = time.monotonic() + timeout_s
+    delay = 0.2
+    while True:
+        try:
+            return KafkaAdminClient(**config.client_kwargs(), request_timeout_ms=10_000,
+                                    bootstrap_timeout_ms=5_000)
+        except KafkaTimeoutError:
+            if time.monotonic() >= deadline:
+                raise BrokerUnavailable(
+                    f"no Kafka broker answered at {config.bootstrap_servers} within "
+                    f"{timeout_s:.0f} s; start one (`medimg broker`) or pass "
+                    "--bootstrap_servers") from None
+            time.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+
+def ensure_topics(config: KafkaConfig, partitions_by_topic: dict[str, int],
+                  replication_factor: int = 1, timeout_s: float = 60.0) -> None:
+    """Create the topics that do not exist yet; existing topics are left as they are."""
+    admin = _admin(config, timeout_s)
+    try:
+        existing = set(admin.list_topics())
+        missing = [NewTopic(name, partitions, replication_factor)
+                   for name, partitions in partitions_by_topic.items() if name not in existing]
+        for topic in missing:
+            try:
+                admin.create_topics([topic])
+                LOG.info("created topic", extra={"topic": topic.name,
+                                                 "partitions": topic.num_partitions})
+            except TopicAlreadyExistsError:
+                pass  # another job or publisher created it meanwhile
+    finally:
+        admin.close()
+
+
+def partitions_of(config: KafkaConfig, topic: str, timeout_s: float = 60.0) -> list[int]:
+    """The partition numbers of a topic, waiting for its metadata to appear."""
+    consumer = KafkaConsumer(**config.client_kwargs())
+    try:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            partitions = consumer.partitions_for_topic(topic)
+            if partitions:
+                return sorted(partitions)
+            if time.monotonic() >= deadline:
+                raise BrokerUnavailable(f"topic {topic!r} has no partitions visible at "
+                                        f"{config.bootstrap_servers} after {timeout_s:.0f} s")
+            consumer.poll(timeout_ms=200)  # refreshes metadata
+    except KafkaError as error:
+        raise BrokerUnavailable(f"cannot read metadata of topic {topic!r} at "
+                                f"{config.bootstrap_servers}: {error}") from error
+    finally:
+        consumer.close()

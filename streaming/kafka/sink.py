@@ -1,0 +1,169 @@
+"""Publishing findings and dead letters to Kafka without ever dropping one.
+
+- Every record waits for the broker's acknowledgement from all in-sync replicas
+  (acks=all) before its source offset counts as settled in the ledger.
+- Retriable failures (broker unreachable, leader moving, timeouts) are retried with
+  exponential backoff for as long as it takes: the bundle does not finish, so no
+  offset is committed, and a crash meanwhile replays the records.
+- A record the broker will never take (over the size limit) is not retried: a
+  finding becomes a dead letter with reason ``finding_too_large``; a dead letter is
+  re-sent with its payload excerpt cut to nothing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import threading
+import time
+
+import apache_beam as beam
+from apache_beam.metrics import Metrics
+from kafka import KafkaProducer
+from kafka.errors import KafkaError, MessageSizeTooLargeError, RecordListTooLargeError
+
+from streaming.dead_letters import Rejection, Stage, dead_letter_record
+from streaming.kafka.config import KafkaConfig
+from streaming.kafka.ledger import ledger_for
+from streaming.reasons import Reason
+from streaming.records import OutboundRecord
+
+LOG = logging.getLogger(__name__)
+
+_TOO_LARGE = (MessageSizeTooLargeError, RecordListTooLargeError)
+_MAX_BACKOFF_S = 30.0
+
+
+@dataclasses.dataclass(frozen=True)
+class WriterSettings:
+    config: KafkaConfig
+    group_id: str            # whose ledger the published records settle
+    findings_topic: str
+    dead_letter_topic: str
+    dead_letter_payload_bytes: int = 16 * 1024
+    max_request_bytes: int = 1024 * 1024
+
+
+_PRODUCERS: dict[tuple, KafkaProducer] = {}
+_PRODUCERS_LOCK = threading.Lock()
+
+
+def shared_producer(config: KafkaConfig, max_request_bytes: int) -> KafkaProducer:
+    """One producer per process and cluster: it is thread-safe and batches across sinks."""
+    key = (config, max_request_bytes)
+    with _PRODUCERS_LOCK:
+        if key not in _PRODUCERS:
+            _PRODUCERS[key] = KafkaProducer(
+                **config.client_kwargs(),
+                acks="all",
+                enable_idempotence=True,  # a retried send is not written twice
+                linger_ms=5,
+                max_request_size=max_request_bytes,
+                max_block_ms=10_000,       # a dead broker surfaces as a retriable timeout
+                delivery_timeout_ms=30_000,
+                request_timeout_ms=10_000,
+                reconnect_backoff_max_ms=5_000,
+            )
+        return _PRODUCERS[key]
+
+
+class PublishToKafka(beam.DoFn):
+    """OutboundRecord -> the findings or dead-letter topic, acknowledged, then settled."""
+
+    def __init__(self, settings: WriterSettings):
+        self._settings = settings
+
+    def setup(self):
+        self._producer = shared_producer(self._settings.config, self._settings.max_request_bytes)
+        self._ledger = ledger_for(self._settings.group_id)
+        self._published = {kind: Metrics.counter("medimg.published", kind)
+                           for kind in (OutboundRecord.FINDING, OutboundRecord.DEAD_LETTER)}
+        self._retries = Metrics.counter("medimg.published", "retries")
+
+    def start_bundle(self):
+        self._in_flight: list[tuple[OutboundRecord, object]] = []
+
+    def process(self, record: OutboundRecord):
+        self._in_flight.append((record, self._send(record)))
+
+    def finish_bundle(self):
+        pending, self._in_flight = self._in_flight, []
+        attempt = 0
+        while pending:
+            self._producer.flush()
+            retry, replaced = [], []
+            for record, outcome in pending:
+                error = self._error(outcome)
+                if error is None:
+                    self._settle(record)
+                elif isinstance(error, _TOO_LARGE):
+                    replaced.append(self._too_large(record))
+                else:
+                    retry.append((record, error))
+            if retry:
+                attempt += 1
+                self._wait_before_retry(attempt, retry)
+            pending = [(record, self._send(record))
+                       for record in replaced + [record for record, _ in retry]]
+
+    # -- helpers -------------------------------------------------------------------
+
+    def _topic(self, record: OutboundRecord) -> str:
+        return (self._settings.findings_topic if record.kind == OutboundRecord.FINDING
+                else self._settings.dead_letter_topic)
+
+    def _send(self, record: OutboundRecord):
+        """A future, or the exception send() raised at once (size checks, no metadata)."""
+        try:
+            return self._producer.send(self._topic(record), value=record.value, key=record.key)
+        except KafkaError as error:
+            return error
+
+    @staticmethod
+    def _error(outcome) -> Exception | None:
+        if isinstance(outcome, Exception):
+            return outcome
+        if outcome.failed():
+            return outcome.exception
+        return None if outcome.succeeded() else TimeoutError("not acknowledged after flush")
+
+    def _settle(self, record: OutboundRecord) -> None:
+        self._published[record.kind].inc()
+        self._ledger.settle(record.source)
+
+    def _too_large(self, record: OutboundRecord) -> OutboundRecord:
+        if record.kind == OutboundRecord.FINDING:
+            LOG.warning("finding over the broker's size limit; dead-lettering its event",
+                        extra={"event_id": record.event_id, "bytes": len(record.value)})
+            return dead_letter_record(
+                Rejection(Reason.FINDING_TOO_LARGE,
+                          f"the finding is {len(record.value)} bytes, over the broker's limit; "
+                          "raise the findings topic's max.message.bytes", Stage.PUBLISH),
+                record.source, record.source_payload, event_id=record.event_id,
+                payload_limit=self._settings.dead_letter_payload_bytes)
+        document = json.loads(record.value)
+        if not document["payload"]["data"]:
+            raise RuntimeError("a dead letter without payload exceeds the broker's size limit; "
+                               "the dead-letter topic's max.message.bytes is misconfigured")
+        document["payload"]["data"] = ""
+        document["payload"]["truncated"] = True
+        return dataclasses.replace(record, value=json.dumps(document).encode("utf-8"))
+
+    def _wait_before_retry(self, attempt: int, failures: list) -> None:
+        # Never give up: a record not acknowledged is a record not committed.
+        delay = min(0.5 * 2 ** (attempt - 1), _MAX_BACKOFF_S)
+        self._retries.inc(len(failures))
+        errors = sorted({type(error).__name__ for _, error in failures})
+        LOG.warning("publishing failed; retrying", extra={
+            "records": len(failures), "attempt": attempt, "backoff_s": delay, "errors": errors})
+        time.sleep(delay)
+
+
+class WriteToKafka(beam.PTransform):
+    def __init__(self, settings: WriterSettings):
+        super().__init__()
+        self._settings = settings
+
+    def expand(self, records):
+        return records | beam.ParDo(PublishToKafka(self._settings))

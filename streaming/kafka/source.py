@@ -1,0 +1,256 @@
+"""A native Python Kafka source for Beam: a splittable DoFn over topic partitions.
+
+Beam's own ``ReadFromKafka`` is a cross-language transform whose Java expansion
+service is downloaded from Maven at run time; hospitals and this build machine
+cannot do that. This source uses kafka-python and only portable Beam primitives
+(Impulse, ParDo, splittable DoFn), so the same graph runs on the local FnApiRunner,
+Dataflow and Flink.
+
+- One element per partition; its restriction is an offset range [next, infinity).
+- The start is the consumer group's committed offset, or the earliest offset for
+  a new group, so a restarted job resumes where it left off.
+- Each bundle polls once, blocking in ``poll()`` while the partition is idle (the
+  local runner ignores ``defer_remainder``'s delay, so a non-blocking read would spin).
+- Offsets are committed from bundle finalization, which runs after the bundle's
+  sinks have flushed: the committed offset is the ledger's highest contiguous
+  settled offset, never moving backwards (at-least-once delivery).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import sys
+import threading
+import time
+
+import apache_beam as beam
+from apache_beam.io.restriction_trackers import OffsetRange, OffsetRestrictionTracker
+from apache_beam.io.watermark_estimators import ManualWatermarkEstimator
+from apache_beam.transforms.core import RestrictionProvider
+from apache_beam.utils.timestamp import Timestamp
+from kafka import KafkaConsumer, TopicPartition
+from kafka.errors import KafkaError
+from kafka.structs import OffsetAndMetadata
+
+from streaming import lifecycle
+from streaming.kafka.admin import partitions_of
+from streaming.kafka.config import KafkaConfig
+from streaming.kafka.ledger import ledger_for
+from streaming.records import KafkaRecord, SourcePosition
+
+LOG = logging.getLogger(__name__)
+
+# An unbounded partition: offsets run to the end of time.
+END_OF_TIME = sys.maxsize
+
+
+@dataclasses.dataclass(frozen=True)
+class PartitionToRead:
+    topic: str
+    partition: int
+
+
+@dataclasses.dataclass(frozen=True)
+class ReaderSettings:
+    config: KafkaConfig
+    topic: str
+    group_id: str
+    poll_timeout_ms: int = 300
+    max_records_per_bundle: int = 256
+
+
+def _consumer(settings: ReaderSettings) -> KafkaConsumer:
+    return KafkaConsumer(
+        **settings.config.client_kwargs(),
+        group_id=settings.group_id,
+        enable_auto_commit=False,        # commits follow acknowledged outcomes only
+        auto_offset_reset="earliest",    # a new group misses nothing
+        fetch_max_wait_ms=100,
+        max_poll_records=settings.max_records_per_bundle,
+    )
+
+
+def start_offset(consumer: KafkaConsumer, partition: TopicPartition) -> int:
+    """The group's committed offset, else the partition's earliest offset."""
+    committed = consumer.committed(partition)
+    if committed is not None:
+        return committed
+    return consumer.beginning_offsets([partition])[partition]
+
+
+class _UnboundedOffsetTracker(OffsetRestrictionTracker):
+    def is_bounded(self):
+        return False
+
+
+class _PartitionClock(beam.WatermarkEstimatorProvider):
+    """Watermark: record timestamps as they come (never ahead of now), now when idle."""
+
+    def initial_estimator_state(self, element, restriction):
+        return None
+
+    def create_watermark_estimator(self, estimator_state):
+        return ManualWatermarkEstimator(estimator_state)
+
+
+class ReadPartitions(beam.DoFn, RestrictionProvider):
+    """(topic, partition) -> every KafkaRecord of that partition, forever.
+
+    The DoFn is its own restriction provider: restrictions are offset ranges over
+    one partition, starting where the consumer group left off.
+    """
+
+    def __init__(self, settings: ReaderSettings):
+        self._settings = settings
+
+    # -- restrictions --------------------------------------------------------------
+
+    def initial_restriction(self, element: PartitionToRead) -> OffsetRange:
+        consumer = _consumer(self._settings)
+        try:
+            start = start_offset(consumer, TopicPartition(element.topic, element.partition))
+        finally:
+            consumer.close()
+        LOG.info("partition reader starts", extra={"topic": element.topic,
+                                                   "partition": element.partition,
+                                                   "offset": start})
+        return OffsetRange(start, END_OF_TIME)
+
+    def create_tracker(self, restriction: OffsetRange) -> OffsetRestrictionTracker:
+        return _UnboundedOffsetTracker(restriction)
+
+    def split(self, element, restriction):
+        yield restriction  # a partition is read in order by one reader
+
+    def restriction_size(self, element, restriction) -> int:
+        return 1
+
+    def truncate(self, element, restriction):
+        return None  # on a runner's drain, stop reading: unread records stay in Kafka
+
+    # -- reading -------------------------------------------------------------------
+
+    def setup(self):
+        self._consumers: dict[TopicPartition, KafkaConsumer] = {}
+        self._next_offset: dict[TopicPartition, int] = {}
+        self._locks: dict[TopicPartition, threading.Lock] = {}
+        self._ledger = ledger_for(self._settings.group_id)
+
+    def teardown(self):
+        for consumer in getattr(self, "_consumers", {}).values():
+            consumer.close(autocommit=False)
+
+    def _assigned(self, partition: TopicPartition) -> KafkaConsumer:
+        if partition not in self._consumers:
+            consumer = _consumer(self._settings)
+            consumer.assign([partition])
+            self._consumers[partition] = consumer
+            self._locks[partition] = threading.Lock()
+        return self._consumers[partition]
+
+    @beam.DoFn.unbounded_per_element()
+    # BundleFinalizerParam must come before RestrictionParam: Beam 2.77 passes the
+    # tracker positionally and the other order raises a TypeError.
+    def process(self, element: PartitionToRead,
+                finalizer=beam.DoFn.BundleFinalizerParam,
+                tracker=beam.DoFn.RestrictionParam(),
+                watermark=beam.DoFn.WatermarkEstimatorParam(_PartitionClock())):
+        partition = TopicPartition(element.topic, element.partition)
+        if lifecycle.drain_requested():
+            tracker.try_claim(END_OF_TIME)  # nothing more to read: the restriction is done
+            return
+        consumer = self._assigned(partition)
+        start = tracker.current_restriction().start
+        with self._locks[partition]:
+            if self._next_offset.get(partition) != start:
+                consumer.seek(partition, start)
+            records = self._poll(consumer, partition)
+        self._next_offset[partition] = start
+        now = time.time()
+        for record in records:
+            if not tracker.try_claim(record.offset):
+                return  # the runner split the restriction: the rest is someone else's
+            self._next_offset[partition] = record.offset + 1
+            position = SourcePosition(record.topic, record.partition, record.offset)
+            self._ledger.read(position)
+            timestamp = self._timestamp(watermark, record.timestamp, now)
+            yield beam.window.TimestampedValue(
+                KafkaRecord(position=position, key=record.key, value=record.value,
+                            timestamp_ms=record.timestamp, received_at=now),
+                timestamp)
+        if not records:
+            self._advance(watermark, Timestamp.of(now))
+        finalizer.register(lambda: self._commit(partition))
+        tracker.defer_remainder()
+
+    def _poll(self, consumer: KafkaConsumer, partition: TopicPartition) -> list:
+        # The runner hands this instance its partitions one after another in each bundle;
+        # splitting the wait between them bounds an idle round to poll_timeout_ms, so a
+        # record arriving on any partition waits at most about that long.
+        timeout_ms = max(self._settings.poll_timeout_ms // len(self._consumers), 10)
+        try:
+            batches = consumer.poll(timeout_ms=timeout_ms,
+                                    max_records=self._settings.max_records_per_bundle)
+        except KafkaError as error:
+            # The broker is away: kafka-python reconnects with backoff; try next bundle.
+            LOG.warning("poll failed; will retry", extra={"topic": partition.topic,
+                                                          "partition": partition.partition,
+                                                          "error": type(error).__name__})
+            time.sleep(self._settings.poll_timeout_ms / 1000)
+            return []
+        return batches.get(partition, [])
+
+    @staticmethod
+    def _advance(watermark: ManualWatermarkEstimator, candidate: Timestamp) -> None:
+        current = watermark.current_watermark()
+        if current is None or candidate > current:
+            watermark.set_watermark(candidate)
+
+    def _timestamp(self, watermark, record_ms: int, now: float) -> Timestamp:
+        # Producers set record timestamps; a skewed clock must not move time backwards
+        # (behind the watermark) or ahead of now.
+        timestamp = Timestamp.of(min(max(record_ms, 0) / 1000.0, now))
+        current = watermark.current_watermark()
+        if current is not None and timestamp < current:
+            timestamp = current
+        self._advance(watermark, timestamp)
+        return timestamp
+
+    def _commit(self, partition: TopicPartition) -> None:
+        offset = self._ledger.to_commit(partition.topic, partition.partition)
+        if offset is None:
+            return
+        try:
+            with self._locks[partition]:
+                self._consumers[partition].commit({partition: OffsetAndMetadata(offset, "", -1)})
+        except KafkaError as error:
+            # Not fatal: the next bundle's finalization commits the same or a later offset.
+            LOG.warning("offset commit failed; will retry", extra={
+                "topic": partition.topic, "partition": partition.partition,
+                "offset": offset, "error": type(error).__name__})
+            return
+        self._ledger.committed(partition.topic, partition.partition, offset)
+
+
+class _DiscoverPartitions(beam.DoFn):
+    def __init__(self, settings: ReaderSettings):
+        self._settings = settings
+
+    def process(self, _impulse):
+        for partition in partitions_of(self._settings.config, self._settings.topic):
+            yield PartitionToRead(self._settings.topic, partition)
+
+
+class ReadFromKafka(beam.PTransform):
+    """Unbounded PCollection of KafkaRecord from every partition of one topic."""
+
+    def __init__(self, settings: ReaderSettings):
+        super().__init__()
+        self._settings = settings
+
+    def expand(self, pbegin):
+        return (pbegin
+                | "Start" >> beam.Impulse()
+                | "DiscoverPartitions" >> beam.ParDo(_DiscoverPartitions(self._settings))
+                | "ReadPartitions" >> beam.ParDo(ReadPartitions(self._settings)))

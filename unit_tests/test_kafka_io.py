@@ -1,0 +1,113 @@
+"""Kafka I/O pieces that need no broker: the offset ledger, client settings, the graph."""
+
+from __future__ import annotations
+
+import pytest
+from apache_beam.io.restriction_trackers import OffsetRange
+
+from streaming.kafka.config import KafkaConfig, KafkaConfigError
+from streaming.kafka.ledger import OffsetLedger
+from streaming.kafka.source import END_OF_TIME, ReaderSettings, ReadPartitions
+from streaming.records import SourcePosition
+
+
+def positions(*offsets, partition=0):
+    return [SourcePosition("events", partition, o) for o in offsets]
+
+
+def test_commit_waits_for_the_oldest_outstanding_record():
+    ledger = OffsetLedger()
+    for p in positions(10, 11, 12, 13):
+        ledger.read(p)
+    ledger.settle(SourcePosition("events", 0, 12))
+    ledger.settle(SourcePosition("events", 0, 13))
+    assert ledger.to_commit("events", 0) is None        # 10 and 11 are not settled yet
+    ledger.settle(SourcePosition("events", 0, 10))
+    assert ledger.to_commit("events", 0) == 11
+    ledger.settle(SourcePosition("events", 0, 11))
+    assert ledger.to_commit("events", 0) == 14          # the whole run is settled
+
+
+def test_commits_never_move_backwards_and_are_not_repeated():
+    ledger = OffsetLedger()
+    for p in positions(0, 1):
+        ledger.read(p)
+        ledger.settle(p)
+    assert ledger.to_commit("events", 0) == 2
+    ledger.committed("events", 0, 2)
+    assert ledger.to_commit("events", 0) is None
+    # A replayed, already committed record settles again: nothing changes.
+    ledger.read(SourcePosition("events", 0, 1))
+    ledger.settle(SourcePosition("events", 0, 1))
+    assert ledger.to_commit("events", 0) is None
+
+
+def test_gaps_in_offsets_do_not_block_commits():
+    ledger = OffsetLedger()  # compacted topics and transaction markers leave gaps
+    for p in positions(3, 7, 20):
+        ledger.read(p)
+        ledger.settle(p)
+    assert ledger.to_commit("events", 0) == 21
+
+
+def test_partitions_are_independent():
+    ledger = OffsetLedger()
+    ledger.read(SourcePosition("events", 0, 5))
+    ledger.read(SourcePosition("events", 1, 9))
+    ledger.settle(SourcePosition("events", 1, 9))
+    assert ledger.to_commit("events", 0) is None
+    assert ledger.to_commit("events", 1) == 10
+    assert ledger.outstanding("events", 0) == 1
+
+
+def test_a_retried_bundle_rereading_earlier_offsets_keeps_order():
+    ledger = OffsetLedger()
+    for p in positions(5, 6, 7):
+        ledger.read(p)
+    ledger.read(SourcePosition("events", 0, 4))   # the runner retried from an older checkpoint
+    for offset in (5, 6, 7):
+        ledger.settle(SourcePosition("events", 0, offset))
+    assert ledger.to_commit("events", 0) is None  # 4 still holds the commit back
+    ledger.settle(SourcePosition("events", 0, 4))
+    assert ledger.to_commit("events", 0) == 8
+
+
+def test_secrets_come_from_the_environment_or_files_never_options(tmp_path):
+    password_file = tmp_path / "password"
+    password_file.write_text("s3cret\n")
+    config = KafkaConfig("broker:9093", security_protocol="SASL_SSL", sasl_mechanism="PLAIN",
+                         ssl_cafile="/etc/ca.pem")
+    settings = config.client_kwargs({"MEDIMG_KAFKA_SASL_USERNAME": "medimg",
+                                     "MEDIMG_KAFKA_SASL_PASSWORD_FILE": str(password_file)})
+    assert settings["sasl_plain_username"] == "medimg"
+    assert settings["sasl_plain_password"] == "s3cret"
+    assert settings["ssl_cafile"] == "/etc/ca.pem"
+    assert "s3cret" not in repr(config)  # the config pickled into the graph holds no secret
+
+
+def test_missing_credentials_say_which_variables_to_set():
+    config = KafkaConfig("broker:9093", security_protocol="SASL_SSL", sasl_mechanism="PLAIN")
+    with pytest.raises(KafkaConfigError, match="MEDIMG_KAFKA_SASL_PASSWORD"):
+        config.client_kwargs({"MEDIMG_KAFKA_SASL_USERNAME": "medimg"})
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"security_protocol": "TLS"}, "security protocol"),
+    ({"security_protocol": "SASL_SSL"}, "sasl_mechanism"),
+    ({"security_protocol": "SASL_SSL", "sasl_mechanism": "KERBEROS"}, "SASL mechanism"),
+])
+def test_impossible_security_settings_are_refused(kwargs, message):
+    with pytest.raises(KafkaConfigError, match=message):
+        KafkaConfig("broker:9093", **kwargs)
+
+
+def test_partition_restrictions_are_unbounded_offset_ranges():
+    reader = ReadPartitions(ReaderSettings(KafkaConfig(), "events", "group"))
+    tracker = reader.create_tracker(OffsetRange(42, END_OF_TIME))
+    assert not tracker.is_bounded()
+    assert tracker.try_claim(42) and tracker.try_claim(50)
+    # Draining claims the end of time: the restriction is done, nothing is left over.
+    assert not tracker.try_claim(END_OF_TIME)
+    tracker.check_done()
+    assert list(reader.split(None, OffsetRange(42, END_OF_TIME))) == [
+        OffsetRange(42, END_OF_TIME)]
