@@ -1,0 +1,283 @@
+"""``medimg``: the one command line of the product.
+
+    medimg demo        the whole pipeline on synthetic studies, offline
+    medimg broker      an embedded Kafka-compatible broker on loopback
+    medimg stream      the streaming diagnostic job (Beam pipeline options accepted)
+    medimg publish     a simulated modality: image files become events
+    medimg findings    follow the findings topic as a live table or JSON lines
+    medimg train       train a model and register it in a model registry
+
+Errors end with exit status 2 and one line that says what to do next.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+import threading
+
+from streaming import logs
+
+EXIT_USAGE = 2
+# Beam's own default for --bootstrap_servers; every command uses the same one.
+DEFAULT_BOOTSTRAP = "localhost:9092"
+
+
+class CliError(Exception):
+    """A problem the user can fix; the message says how."""
+
+
+def _kafka_arguments(parser: argparse.ArgumentParser, *topics: str) -> None:
+    parser.add_argument("--bootstrap_servers", default=DEFAULT_BOOTSTRAP,
+                        help="Kafka bootstrap servers (default: %(default)s)")
+    defaults = {"events_topic": "image-events", "findings_topic": "findings",
+                "dead_letter_topic": "dead-letters"}
+    for topic in topics:
+        parser.add_argument(f"--{topic}", default=defaults[topic],
+                            help=f"(default: %(default)s)")
+    parser.add_argument("--kafka_security_protocol", default="PLAINTEXT",
+                        help="PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL; secrets come from "
+                             "MEDIMG_KAFKA_* environment variables, never from options")
+    parser.add_argument("--kafka_sasl_mechanism", default=None)
+    parser.add_argument("--kafka_ssl_cafile", default=None)
+
+
+def _kafka_config(args, client_id: str):
+    from streaming.kafka.config import KafkaConfig, KafkaConfigError  # noqa: PLC0415
+    try:
+        return KafkaConfig(bootstrap_servers=args.bootstrap_servers,
+                           security_protocol=args.kafka_security_protocol,
+                           sasl_mechanism=args.kafka_sasl_mechanism,
+                           ssl_cafile=args.kafka_ssl_cafile, client_id=client_id)
+    except KafkaConfigError as error:
+        raise CliError(str(error)) from None
+
+
+# -- commands ------------------------------------------------------------------------
+
+def cmd_broker(args) -> int:
+    from streaming.broker import EmbeddedBroker  # noqa: PLC0415
+    broker = EmbeddedBroker(port=args.port).start()
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    print(f"Kafka-compatible broker (Tansu) listening on {broker.bootstrap_servers}; "
+          "topics live in memory. Ctrl-C stops it.", flush=True)
+    try:
+        while not stop.wait(0.5):
+            if broker.process.poll() is not None:
+                raise CliError(f"the broker exited unexpectedly (code {broker.process.returncode})")
+    finally:
+        broker.stop()
+    return 0
+
+
+def cmd_stream(args, beam_argv: list[str]) -> int:
+    from streaming.options import OptionsError  # noqa: PLC0415
+    from streaming.pipeline import run  # noqa: PLC0415
+    from streaming.kafka.admin import BrokerUnavailable  # noqa: PLC0415
+    from streaming.modeling.registry import RegistryError  # noqa: PLC0415
+    try:
+        run(beam_argv)
+    except (OptionsError, BrokerUnavailable, RegistryError) as error:
+        raise CliError(str(error)) from None
+    return 0
+
+
+def cmd_publish(args) -> int:
+    from streaming import modality  # noqa: PLC0415
+    from streaming.kafka.admin import BrokerUnavailable, ensure_topics  # noqa: PLC0415
+    missing = [p for p in args.paths if not __import__("os").path.exists(p)]
+    if missing:
+        raise CliError(f"no such file or folder: {', '.join(missing)}")
+    found = modality.inventory(args.paths, sender=args.sender, priority=args.priority,
+                               modality=args.modality, with_sha256=not args.no_sha256)
+    for path, why in found.skipped.items():
+        print(f"skipped {path}: {why}", file=sys.stderr)
+    if not found.events:
+        raise CliError("no DICOM, PNG or JPEG files found in the given paths")
+    config = _kafka_config(args, "medimg-publish")
+    events = [e if round_ == 0 else modality.restamp(e)
+              for round_ in range(args.repeat) for e in found.events]
+    try:
+        ensure_topics(config, {args.events_topic: args.partitions})
+        sent = modality.publish_events(config, args.events_topic, events, rate_per_s=args.rate)
+    except BrokerUnavailable as error:
+        raise CliError(str(error)) from None
+    print(f"published {sent} events to {args.events_topic} at {args.bootstrap_servers}"
+          + (f" ({len(found.skipped)} files skipped)" if found.skipped else ""))
+    return 0
+
+
+def cmd_findings(args) -> int:
+    from streaming import viewer  # noqa: PLC0415
+    from streaming.kafka.admin import BrokerUnavailable  # noqa: PLC0415
+    config = _kafka_config(args, "medimg-findings")
+    topics = [args.findings_topic] + ([args.dead_letter_topic] if args.dead_letters else [])
+    stream = viewer.follow(config, topics, from_beginning=args.from_beginning,
+                           idle_timeout_s=args.timeout, limit=args.limit)
+    try:
+        if args.json:
+            for _topic, _document, raw in stream:
+                sys.stdout.write(raw.decode("utf-8", errors="replace") + "\n")
+                sys.stdout.flush()
+        else:
+            viewer.print_live(stream)
+    except BrokerUnavailable as error:
+        raise CliError(str(error)) from None
+    return 0
+
+
+def cmd_train(args) -> int:
+    from batch_training.train import TrainingConfig, train_and_register  # noqa: PLC0415
+    from streaming.modeling.registry import RegistryError  # noqa: PLC0415
+    height, width = _input_size(args.input_size)
+    config = TrainingConfig(
+        data=args.data, model_registry=args.model_registry, model_name=args.model_name,
+        architecture=args.architecture, height=height, width=width, channels=args.channels,
+        epochs=args.epochs, batch_size=args.batch_size, seed=args.seed,
+        modalities=tuple(args.modalities.split(",")),
+        body_parts=tuple(p for p in args.body_parts.split(",") if p),
+        class_names=tuple(args.class_names.split(",")) if args.class_names else None,
+        promote=args.promote)
+    try:
+        metadata = train_and_register(config)
+    except (FileNotFoundError, RegistryError, ValueError) as error:
+        raise CliError(str(error)) from None
+    print(json.dumps({"model": metadata.name, "version": metadata.version,
+                      "metrics": metadata.extra.get("metrics", {})}, indent=2))
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from streaming.demo.run import DemoError, run_demo  # noqa: PLC0415
+    try:
+        return run_demo(workdir=args.workdir, studies=args.studies, seed=args.seed,
+                        keep_running=False)
+    except DemoError as error:
+        raise CliError(str(error)) from None
+
+
+def _input_size(text: str) -> tuple[int, int]:
+    try:
+        parts = [int(p) for p in text.lower().split("x")]
+    except ValueError:
+        parts = []
+    if len(parts) == 1:
+        parts *= 2
+    if len(parts) != 2 or min(parts) < 1:
+        raise CliError(f"--input_size {text!r}: give one number (28) or HEIGHTxWIDTH (224x224)")
+    return parts[0], parts[1]
+
+
+# -- parser --------------------------------------------------------------------------
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="medimg", description="Streaming diagnostic pipeline for medical images.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Run `medimg COMMAND --help` for a command's options.")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    demo = commands.add_parser("demo", help="run the whole pipeline on synthetic studies, offline")
+    demo.add_argument("--workdir", default=".medimg-demo",
+                      help="where the demo keeps its studies, registry and logs "
+                           "(default: %(default)s)")
+    demo.add_argument("--studies", type=int, default=24, help="synthetic studies to send")
+    demo.add_argument("--seed", type=int, default=7)
+
+    broker = commands.add_parser("broker", help="start the embedded Kafka-compatible broker")
+    broker.add_argument("--port", type=int, default=9092, help="loopback port (default: %(default)s)")
+
+    stream = commands.add_parser(
+        "stream", help="run the streaming diagnostic job",
+        description="Run the streaming job. Besides the options below, every Apache Beam "
+                    "pipeline option is accepted (--runner, --project, --region, "
+                    "--temp_location, ...). Without --runner the job runs locally on "
+                    "Beam's FnApiRunner.")
+    from streaming.options import StreamingOptions  # noqa: PLC0415
+    StreamingOptions._add_argparse_args(stream)  # noqa: SLF001 - show the job's own options
+    stream.add_argument("--bootstrap_servers", default=DEFAULT_BOOTSTRAP,
+                        help="Kafka bootstrap servers, comma-separated (default: %(default)s)")
+    stream.add_argument("--runner", default=None,
+                        help="Beam runner: FnApiRunner (default, local), DataflowRunner, "
+                             "FlinkRunner, ...")
+
+    publish = commands.add_parser("publish", help="simulate a modality: publish image events")
+    publish.add_argument("paths", nargs="+", metavar="PATH", help="image files or folders")
+    _kafka_arguments(publish, "events_topic")
+    publish.add_argument("--sender", default="MEDIMG_SIM", help="AE title or system name")
+    publish.add_argument("--priority", choices=("routine", "urgent"), default="routine")
+    publish.add_argument("--modality", default="OT",
+                         help="modality for PNG/JPEG files, which have no header (default: OT)")
+    publish.add_argument("--rate", type=float, default=0.0,
+                         help="events per second (default: as fast as possible)")
+    publish.add_argument("--repeat", type=int, default=1,
+                         help="announce each file this many times, each a new event")
+    publish.add_argument("--partitions", type=int, default=3,
+                         help="partitions if the events topic must be created")
+    publish.add_argument("--no_sha256", action="store_true",
+                         help="do not send the files' sha256 (the job then cannot verify them)")
+
+    findings = commands.add_parser("findings", help="follow the findings topic")
+    _kafka_arguments(findings, "findings_topic", "dead_letter_topic")
+    findings.add_argument("--json", action="store_true", help="JSON lines instead of a table")
+    findings.add_argument("--limit", type=int, default=None, help="stop after N records")
+    findings.add_argument("--timeout", type=float, default=None,
+                          help="stop after S seconds without a new record")
+    findings.add_argument("--from_beginning", action="store_true",
+                          help="start at the oldest record instead of the newest")
+    findings.add_argument("--dead_letters", action="store_true",
+                          help="also show the dead-letter topic")
+
+    train = commands.add_parser("train", help="train a model and register it")
+    train.add_argument("--data", required=True,
+                       help="a MedMNIST-style .npz, or a folder <split>/<class>/*.png|jpg|dcm")
+    train.add_argument("--model_registry", required=True, help="registry folder or URI")
+    train.add_argument("--model_name", default="pneumonia-cnn")
+    train.add_argument("--architecture", default="compact_cnn",
+                       choices=("compact_cnn", "residual_net", "resnet50"))
+    train.add_argument("--input_size", default="28", help="28 or HEIGHTxWIDTH (default: 28)")
+    train.add_argument("--channels", type=int, choices=(1, 3), default=1)
+    train.add_argument("--epochs", type=int, default=10)
+    train.add_argument("--batch_size", type=int, default=64)
+    train.add_argument("--seed", type=int, default=1234)
+    train.add_argument("--modalities", default="CR,DX",
+                       help="modalities the model applies to (default: %(default)s)")
+    train.add_argument("--body_parts", default="CHEST",
+                       help="body parts it applies to; empty for any (default: %(default)s)")
+    train.add_argument("--class_names", default=None,
+                       help="comma-separated names for label 0, 1, ... of an .npz")
+    train.add_argument("--promote", choices=("if_none", "always", "never"), default="if_none",
+                       help="move the production pointer to the new version "
+                            "(default: only when there is none)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    logs.configure()
+    parser = build_parser()
+    if argv and argv[0] == "stream":
+        # Beam reads its own options from the full list; argparse here only checks ours.
+        args, _unknown = parser.parse_known_args(argv)
+        handler = lambda: cmd_stream(args, argv[1:])  # noqa: E731
+    else:
+        args = parser.parse_args(argv)
+        handlers = {"broker": cmd_broker, "publish": cmd_publish, "findings": cmd_findings,
+                    "train": cmd_train, "demo": cmd_demo}
+        if args.command is None:
+            parser.print_help()
+            return EXIT_USAGE
+        handler = lambda: handlers[args.command](args)  # noqa: E731
+    try:
+        return handler()
+    except CliError as error:
+        print(f"medimg {args.command}: error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,189 @@
+"""Pipeline options of the streaming job, and the typed settings built from them.
+
+Every option here is a Beam pipeline option, so the same flags work for
+``medimg stream``, ``python -m streaming`` and a Dataflow or Flink launch.
+Secrets are not options: see streaming/kafka/config.py.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tempfile
+
+from apache_beam.options.pipeline_options import KafkaStreamsRunnerOptions, PipelineOptions
+
+from streaming.events import DEFAULT_MAX_EVENT_BYTES
+from streaming.imaging.access import AccessPolicy
+from streaming.imaging.types import ImageLimits
+from streaming.kafka.config import KafkaConfig
+from streaming.kafka.sink import WriterSettings
+from streaming.kafka.source import ReaderSettings
+
+# The local runner, named explicitly: Beam's DirectRunner would first try to
+# download the Prism runner from GitHub, which fails offline and would make local
+# runs behave differently on machines that can reach GitHub.
+LOCAL_RUNNER = "FnApiRunner"
+
+DEFAULT_MODEL_NAME = "pneumonia-cnn"
+
+
+class StreamingOptions(PipelineOptions):
+    @classmethod
+    def _add_argparse_args(cls, parser):
+        # --bootstrap_servers is Beam's own option (KafkaStreamsRunnerOptions, same meaning:
+        # the brokers the pipeline connects to); defining it again would clash.
+        kafka = parser.add_argument_group("Kafka")
+        kafka.add_argument("--events_topic", default="image-events",
+                           help="topic the modalities publish image events to")
+        kafka.add_argument("--findings_topic", default="findings",
+                           help="topic findings are published to")
+        kafka.add_argument("--dead_letter_topic", default="dead-letters",
+                           help="topic dead letters are published to")
+        kafka.add_argument("--consumer_group", default="medimg-stream",
+                           help="consumer group whose committed offsets mark progress; "
+                                "a new group starts from the earliest event")
+        kafka.add_argument("--topic_partitions", type=int, default=3,
+                           help="partitions for topics the job creates (default: %(default)s)")
+        kafka.add_argument("--create_topics", default="true", choices=("true", "false"),
+                           help="create missing topics at start (default: %(default)s)")
+        kafka.add_argument("--startup_timeout_s", type=float, default=60.0,
+                           help="how long to wait for the brokers at start (default: %(default)s)")
+        kafka.add_argument("--poll_timeout_ms", type=int, default=300,
+                           help="how long an idle reader waits for new events per round "
+                                "over its partitions (default: %(default)s)")
+        kafka.add_argument("--max_records_per_bundle", type=int, default=256,
+                           help="records a partition reader hands over per bundle")
+        kafka.add_argument("--kafka_security_protocol", default="PLAINTEXT",
+                           help="PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL")
+        kafka.add_argument("--kafka_sasl_mechanism", default=None,
+                           help="PLAIN, SCRAM-SHA-256, SCRAM-SHA-512 or OAUTHBEARER; "
+                                "credentials come from MEDIMG_KAFKA_SASL_USERNAME/"
+                                "MEDIMG_KAFKA_SASL_PASSWORD (or their _FILE variants)")
+        kafka.add_argument("--kafka_ssl_cafile", default=None, help="CA bundle for TLS")
+        kafka.add_argument("--kafka_ssl_certfile", default=None, help="client certificate (mTLS)")
+        kafka.add_argument("--kafka_ssl_keyfile", default=None,
+                           help="client key (mTLS); its password comes from "
+                                "MEDIMG_KAFKA_SSL_KEY_PASSWORD(_FILE)")
+
+        model = parser.add_argument_group("Model")
+        model.add_argument("--model_registry", default=None,
+                           help="model registry folder or URI (gs://...) written by medimg train")
+        model.add_argument("--model_name", default=DEFAULT_MODEL_NAME,
+                           help="model to serve (default: %(default)s)")
+        model.add_argument("--model_version", default=None,
+                           help="pin a version instead of following the production pointer")
+        model.add_argument("--min_batch_size", type=int, default=1,
+                           help="smallest inference batch (default: %(default)s)")
+        model.add_argument("--max_batch_size", type=int, default=32,
+                           help="largest inference batch (default: %(default)s)")
+        model.add_argument("--share_model_across_processes", action="store_true",
+                           help="load one model per machine, shared by its worker processes")
+
+        images = parser.add_argument_group("Images")
+        images.add_argument("--allowed_roots", default=None,
+                            help="comma-separated folders or URI prefixes images may be read "
+                                 "from (default: the working directory and the temp directory)")
+        images.add_argument("--max_event_bytes", type=int, default=DEFAULT_MAX_EVENT_BYTES,
+                            help="larger events are dead-lettered (default: %(default)s)")
+        images.add_argument("--max_file_bytes", type=int, default=ImageLimits.max_file_bytes,
+                            help="larger image files are dead-lettered (default: %(default)s)")
+        images.add_argument("--max_frame_pixels", type=int, default=ImageLimits.max_frame_pixels,
+                            help="rows x columns limit per frame (default: %(default)s)")
+        images.add_argument("--max_frames", type=int, default=ImageLimits.max_frames,
+                            help="frames limit per instance (default: %(default)s)")
+        images.add_argument("--dead_letter_payload_bytes", type=int, default=16 * 1024,
+                            help="how much of a bad event a dead letter keeps (default: %(default)s)")
+
+
+@dataclasses.dataclass(frozen=True)
+class JobSettings:
+    """Everything the graph needs, checked and typed, independent of argparse."""
+    kafka: KafkaConfig
+    events_topic: str
+    findings_topic: str
+    dead_letter_topic: str
+    consumer_group: str
+    topic_partitions: int
+    create_topics: bool
+    startup_timeout_s: float
+    poll_timeout_ms: int
+    max_records_per_bundle: int
+    model_registry: str
+    model_name: str
+    model_version: str | None
+    min_batch_size: int
+    max_batch_size: int
+    share_model_across_processes: bool
+    access: AccessPolicy
+    limits: ImageLimits
+    max_event_bytes: int
+    dead_letter_payload_bytes: int
+
+    @property
+    def reader(self) -> ReaderSettings:
+        return ReaderSettings(config=self.kafka, topic=self.events_topic,
+                              group_id=self.consumer_group,
+                              poll_timeout_ms=self.poll_timeout_ms,
+                              max_records_per_bundle=self.max_records_per_bundle)
+
+    @property
+    def writer(self) -> WriterSettings:
+        return WriterSettings(config=self.kafka, group_id=self.consumer_group,
+                              findings_topic=self.findings_topic,
+                              dead_letter_topic=self.dead_letter_topic,
+                              dead_letter_payload_bytes=self.dead_letter_payload_bytes)
+
+
+class OptionsError(ValueError):
+    """Options that cannot work; the message says what to pass instead."""
+
+
+def allowed_roots(value: str | None) -> tuple[str, ...]:
+    if not value:
+        return (os.getcwd(), tempfile.gettempdir())
+    return tuple(root.strip() for root in value.split(",") if root.strip())
+
+
+def bootstrap_servers(options: PipelineOptions) -> str:
+    return options.view_as(KafkaStreamsRunnerOptions).bootstrap_servers
+
+
+def job_settings(options: PipelineOptions) -> JobSettings:
+    o = options.view_as(StreamingOptions)
+    if not o.model_registry:
+        raise OptionsError("--model_registry is required: the folder (or gs:// URI) that "
+                           "`medimg train --model_registry DIR` wrote the model to")
+    for name in ("min_batch_size", "max_batch_size", "topic_partitions", "max_event_bytes",
+                 "max_file_bytes", "max_frame_pixels", "max_frames", "poll_timeout_ms",
+                 "max_records_per_bundle"):
+        if getattr(o, name) < 1:
+            raise OptionsError(f"--{name} must be at least 1, got {getattr(o, name)}")
+    if o.min_batch_size > o.max_batch_size:
+        raise OptionsError(f"--min_batch_size ({o.min_batch_size}) is larger than "
+                           f"--max_batch_size ({o.max_batch_size})")
+    topics = [o.events_topic, o.findings_topic, o.dead_letter_topic]
+    if len(set(topics)) != 3:
+        raise OptionsError("--events_topic, --findings_topic and --dead_letter_topic must differ")
+    try:
+        kafka = KafkaConfig(bootstrap_servers=bootstrap_servers(options),
+                            security_protocol=o.kafka_security_protocol,
+                            sasl_mechanism=o.kafka_sasl_mechanism,
+                            ssl_cafile=o.kafka_ssl_cafile, ssl_certfile=o.kafka_ssl_certfile,
+                            ssl_keyfile=o.kafka_ssl_keyfile, client_id="medimg-stream")
+    except ValueError as error:
+        raise OptionsError(str(error)) from error
+    return JobSettings(
+        kafka=kafka, events_topic=o.events_topic, findings_topic=o.findings_topic,
+        dead_letter_topic=o.dead_letter_topic, consumer_group=o.consumer_group,
+        topic_partitions=o.topic_partitions, create_topics=o.create_topics == "true",
+        startup_timeout_s=o.startup_timeout_s,
+        poll_timeout_ms=o.poll_timeout_ms, max_records_per_bundle=o.max_records_per_bundle,
+        model_registry=o.model_registry, model_name=o.model_name,
+        model_version=o.model_version, min_batch_size=o.min_batch_size,
+        max_batch_size=o.max_batch_size,
+        share_model_across_processes=o.share_model_across_processes,
+        access=AccessPolicy(allowed_roots=allowed_roots(o.allowed_roots)),
+        limits=ImageLimits(max_file_bytes=o.max_file_bytes, max_frame_pixels=o.max_frame_pixels,
+                           max_frames=o.max_frames),
+        max_event_bytes=o.max_event_bytes, dead_letter_payload_bytes=o.dead_letter_payload_bytes)
