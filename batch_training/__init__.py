@@ -1,0 +1,1 @@
+"""Batch training: datasets, Keras model definitions and the trainer that registers models."""

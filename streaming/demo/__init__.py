@@ -1,0 +1,1 @@
+"""Synthetic, known-truth studies for the offline demo, tests and benchmarks."""

@@ -1,0 +1,294 @@
+"""Architectures, training data loading, and one real training run registered end to end."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+from PIL import Image
+
+from batch_training import datasets
+from batch_training.models import ARCHITECTURES, build_model
+from batch_training.train import TrainingConfig, promote, train_and_register
+from streaming import contracts
+from streaming.demo import phantoms
+from streaming.imaging.decoding import decode_image_bytes
+from streaming.imaging.preprocessing import PreprocessingSpec, preprocess
+from streaming.imaging.types import ImageLimits
+from streaming.modeling.loading import load_model
+from streaming.modeling.metadata import ModelMetadata
+from streaming.modeling.registry import ModelRegistry
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+PNEUMONIA_NPZ = "pneumoniamnist_trainval.npz"
+PHANTOM_SIZE = 64
+MODEL_NAME = "phantom-lesion"
+
+
+def _shared_data_dir() -> Path:
+    if os.environ.get("MEDIMG_SHARED_DATA"):
+        return Path(os.environ["MEDIMG_SHARED_DATA"])
+    return Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def _auc(labels: np.ndarray, scores: np.ndarray) -> float:
+    metric = keras.metrics.AUC(num_thresholds=1000)
+    metric.update_state(labels, scores)
+    return float(metric.result())
+
+
+# -- architectures ---------------------------------------------------------------------
+
+@pytest.mark.parametrize("architecture, input_shape, num_classes", [
+    ("compact_cnn", (28, 28, 1), 2),
+    ("compact_cnn", (64, 64, 1), 3),
+    ("residual_net", (28, 28, 1), 2),
+    ("residual_net", (64, 64, 3), 2),
+])
+def test_small_architectures_map_images_to_class_probabilities(architecture, input_shape,
+                                                               num_classes):
+    model = build_model(architecture, input_shape, num_classes)
+    assert model.input_shape == (None, *input_shape)
+    assert model.output_shape == (None, num_classes)
+    probabilities = np.asarray(model.predict_on_batch(np.zeros((2, *input_shape), "float32")))
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, atol=1e-5)
+
+
+def test_resnet50_builds_offline_at_224():
+    model = build_model("resnet50", (224, 224, 3), 2)
+    assert model.input_shape == (None, 224, 224, 3)
+    assert model.output_shape == (None, 2)
+    assert model.count_params() > 20_000_000
+
+
+def test_build_model_names_the_known_architectures_when_asked_for_another():
+    with pytest.raises(ValueError) as error:
+        build_model("vgg16", (28, 28, 1), 2)
+    for name in ARCHITECTURES:
+        assert name in str(error.value)
+
+
+# -- npz ---------------------------------------------------------------------------------
+
+def _write_npz(path: Path, **extra) -> Path:
+    rng = np.random.default_rng(0)
+    np.savez(path, train_images=rng.integers(0, 256, (10, 20, 20), dtype=np.uint8),
+             train_labels=(np.arange(10) % 2).reshape(-1, 1),
+             val_images=rng.integers(0, 256, (4, 20, 20), dtype=np.uint8),
+             val_labels=np.array([0, 1, 1, 0]), **extra)
+    return path
+
+
+def test_load_npz_preprocesses_images_and_names_classes_neutrally(tmp_path):
+    path = _write_npz(tmp_path / "small.npz")
+    spec = PreprocessingSpec(28, 28, 1)
+    data = datasets.load_npz(path, spec)
+    assert data.train_x.shape == (10, 28, 28, 1) and data.train_x.dtype == np.float32
+    assert data.val_x.shape == (4, 28, 28, 1)
+    np.testing.assert_array_equal(data.train_y, np.arange(10) % 2)
+    np.testing.assert_array_equal(data.val_y, [0, 1, 1, 0])
+    assert data.classes == ("class_0", "class_1")
+    assert 0.0 <= data.train_x.min() and data.train_x.max() <= 1.0
+    with np.load(path) as arrays:
+        expected = preprocess(arrays["val_images"][2].astype(np.float32) / 255, spec)
+    np.testing.assert_allclose(data.val_x[2], expected, atol=1e-6)
+    assert data.fingerprint == f"sha256:{hashlib.sha256(path.read_bytes()).hexdigest()}"
+    assert data.skipped == 0
+
+
+def test_load_npz_class_names_from_the_file_or_the_caller(tmp_path):
+    spec = PreprocessingSpec(20, 20, 3)
+    named = _write_npz(tmp_path / "named.npz", class_names=np.array(["normal", "pneumonia"]))
+    assert datasets.load_npz(named, spec).classes == ("normal", "pneumonia")
+    assert datasets.load_npz(named, spec).train_x.shape == (10, 20, 20, 3)
+    with pytest.raises(ValueError, match="contradict"):
+        datasets.load_npz(named, spec, class_names=["pneumonia", "normal"])
+    unnamed = _write_npz(tmp_path / "unnamed.npz")
+    assert datasets.load_npz(unnamed, spec, class_names=["a", "b"]).classes == ("a", "b")
+
+
+def test_pneumoniamnist_loads_with_its_published_split_sizes():
+    path = _shared_data_dir() / PNEUMONIA_NPZ
+    if not path.is_file():
+        pytest.skip(f"{path} is absent (the shared PneumoniaMNIST file is not shipped with "
+                    "the repository; set MEDIMG_SHARED_DATA to the folder that holds it)")
+    data = datasets.load_labeled_data(path, PreprocessingSpec(28, 28, 1))
+    assert data.train_x.shape == (4708, 28, 28, 1)
+    assert data.val_x.shape == (524, 28, 28, 1)
+    assert np.bincount(data.train_y).tolist() == [1214, 3494]
+    assert np.bincount(data.val_y).tolist() == [135, 389]
+    assert data.classes == ("class_0", "class_1")
+    assert data.fingerprint == (
+        "sha256:7b4a6977c121db287270afe9b2080057c84653297ec75bc52903ba473ac2649d")
+
+
+# -- folder ------------------------------------------------------------------------------
+
+def _phantom_folder(root: Path) -> Path:
+    """train/ and validation/ with normal and lesion classes, PNG and DICOM files mixed."""
+    rng = np.random.default_rng(4)
+    for split, count in (("train", 3), ("validation", 2)):
+        for label in phantoms.PHANTOM_CLASSES:
+            folder = root / split / label
+            folder.mkdir(parents=True)
+            for index in range(count):
+                pixels = phantoms.render_chest_phantom(rng, 48, lesion=label == "lesion")
+                if index % 2:
+                    Image.fromarray(np.uint8(pixels * 255)).save(folder / f"{index}.png")
+                else:
+                    phantoms.write_dicom(folder / f"{index}.dcm", pixels, modality="CR",
+                                         study_uid=f"2.25.{index + 1}", series_uid="2.25.99",
+                                         sop_uid=f"2.25.{index + 1}{len(label)}",
+                                         transfer_syntax="rle", photometric="MONOCHROME1")
+    (root / "train" / "normal" / "notes.txt").write_text("not an image: ignored")
+    return root
+
+
+def test_load_folder_decodes_every_image_through_the_serving_decoder(tmp_path):
+    root = _phantom_folder(tmp_path / "images")
+    (root / "train" / "lesion" / "broken.dcm").write_bytes(b"not a dicom file")
+    spec = PreprocessingSpec(32, 32, 1)
+    data = datasets.load_labeled_data(root, spec)
+    assert data.classes == ("lesion", "normal")  # sorted folder names
+    assert data.train_x.shape == (6, 32, 32, 1) and data.val_x.shape == (4, 32, 32, 1)
+    assert sorted(data.train_y.tolist()) == [0, 0, 0, 1, 1, 1]
+    assert data.skipped == 1
+    dicom = root / "validation" / "lesion" / "0.dcm"
+    decoded = decode_image_bytes(dicom.read_bytes(), "application/dicom", ImageLimits())
+    np.testing.assert_array_equal(data.val_x[0], preprocess(decoded.pixels, spec))
+
+    ordered = datasets.load_folder(root, spec, class_names=["normal", "lesion"])
+    assert ordered.classes == ("normal", "lesion")
+    np.testing.assert_array_equal(ordered.train_y, [0, 0, 0, 1, 1, 1])
+    np.testing.assert_array_equal(ordered.train_x[:3], data.train_x[3:])  # the normal images
+
+
+def test_folder_fingerprint_is_stable_and_follows_the_bytes(tmp_path):
+    root = _phantom_folder(tmp_path / "images")
+    spec = PreprocessingSpec(28, 28, 1)
+    first = datasets.load_folder(root, spec).fingerprint
+    assert first.startswith("sha256:")
+    assert datasets.load_folder(root, spec).fingerprint == first
+    (root / "train" / "normal" / "notes.txt").write_text("edited, still not an image")
+    assert datasets.load_folder(root, spec).fingerprint == first
+    png = root / "validation" / "normal" / "1.png"
+    Image.fromarray(np.full((48, 48), 7, np.uint8)).save(png)
+    assert datasets.load_folder(root, spec).fingerprint != first
+
+
+def test_folder_splits_must_agree_on_classes(tmp_path):
+    root = _phantom_folder(tmp_path / "images")
+    (root / "validation" / "effusion").mkdir()
+    with pytest.raises(ValueError, match="both splits"):
+        datasets.load_folder(root, PreprocessingSpec(28, 28, 1))
+
+
+def test_load_labeled_data_says_what_it_accepts(tmp_path):
+    table = tmp_path / "labels.csv"
+    table.write_text("path,label\n")
+    with pytest.raises(ValueError, match="npz"):
+        datasets.load_labeled_data(table, PreprocessingSpec(28, 28, 1))
+    with pytest.raises(ValueError, match="npz"):
+        datasets.load_labeled_data(tmp_path / "missing", PreprocessingSpec(28, 28, 1))
+
+
+# -- training ----------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """One real training run on decoded phantoms, registered in a fresh registry."""
+    workdir = tmp_path_factory.mktemp("training")
+    data = phantoms.write_phantom_npz(workdir / "phantoms.npz", n_train=256, n_val=96,
+                                      size=PHANTOM_SIZE, seed=21)
+    config = TrainingConfig(data=str(data), model_registry=str(workdir / "registry"),
+                            model_name=MODEL_NAME, height=PHANTOM_SIZE, width=PHANTOM_SIZE,
+                            epochs=8, batch_size=32, seed=5)
+    record = train_and_register(config, progress=False)
+    return config, record
+
+
+@pytest.mark.slow
+def test_first_training_registers_version_1_and_sets_production(trained):
+    config, record = trained
+    registry = ModelRegistry(config.model_registry)
+    assert record.version == "1"
+    assert registry.versions(MODEL_NAME) == ["1"]
+    assert registry.production(MODEL_NAME) == "1"
+    stored = json.loads((Path(registry.version_uri(MODEL_NAME, "1")) / "metadata.json")
+                        .read_text())
+    assert contracts.errors(contracts.MODEL_METADATA, stored) == []
+    metadata = ModelMetadata.from_dict(stored)
+    assert metadata.classes == ("normal", "lesion") and metadata.positive_class == "lesion"
+    assert metadata.preprocessing.input_shape == (PHANTOM_SIZE, PHANTOM_SIZE, 1)
+    assert metadata.applicability.modalities == ("CR", "DX")
+    assert stored["data_fingerprint"] == "sha256:" + hashlib.sha256(
+        Path(config.data).read_bytes()).hexdigest()
+    assert stored["keras_version"] == keras.__version__
+    assert stored["training"]["config"]["architecture"] == "compact_cnn"
+    assert stored["metrics"]["val_auc"] >= 0.8
+
+
+@pytest.mark.slow
+def test_registered_model_finds_lesions_in_unseen_phantoms(trained):
+    config, _ = trained
+    loaded = load_model(ModelRegistry(config.model_registry), MODEL_NAME, "1")
+    pixels, labels = phantoms.phantom_training_set(120, size=PHANTOM_SIZE, seed=99)
+    batch = np.stack([preprocess(p, loaded.metadata.preprocessing) for p in pixels])
+    lesion_scores = loaded.predict(batch)[:, loaded.metadata.classes.index("lesion")]
+    assert _auc(labels, lesion_scores) >= 0.8
+
+
+@pytest.mark.slow
+def test_second_training_gets_version_2_and_leaves_production(trained, tmp_path):
+    config, _ = trained
+    small = phantoms.write_phantom_npz(tmp_path / "small.npz", n_train=32, n_val=16,
+                                       size=PHANTOM_SIZE, seed=3)
+    second = train_and_register(
+        dataclasses.replace(config, data=str(small), epochs=1), progress=False)
+    registry = ModelRegistry(config.model_registry)
+    assert second.version == "2"
+    assert registry.versions(MODEL_NAME) == ["1", "2"]
+    assert registry.production(MODEL_NAME) == "1"
+    assert promote(registry, second, "never") is False
+    assert promote(registry, second, "always") is True
+    assert registry.production(MODEL_NAME) == "2"
+
+
+_PREDICT_ON_JAX = textwrap.dedent("""
+    import sys
+    import numpy as np
+    import keras
+    from streaming.modeling.loading import load_model
+    from streaming.modeling.registry import ModelRegistry
+    registry_root, name, batch_path, out_path = sys.argv[1:]
+    assert keras.backend.backend() == "jax", keras.backend.backend()
+    loaded = load_model(ModelRegistry(registry_root), name, "1")
+    np.save(out_path, loaded.predict(np.load(batch_path)))
+""")
+
+
+@pytest.mark.slow
+def test_model_trained_on_tensorflow_predicts_the_same_on_jax(trained, tmp_path):
+    config, _ = trained
+    loaded = load_model(ModelRegistry(config.model_registry), MODEL_NAME, "1")
+    pixels, _ = phantoms.phantom_training_set(8, size=PHANTOM_SIZE, seed=123)
+    batch = np.stack([preprocess(p, loaded.metadata.preprocessing) for p in pixels])
+    np.save(tmp_path / "batch.npy", batch)
+    environment = {**os.environ, "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu",
+                   "PYTHONPATH": os.pathsep.join(filter(None, [
+                       str(REPO_ROOT), os.environ.get("PYTHONPATH")]))}
+    result = subprocess.run(
+        [sys.executable, "-c", _PREDICT_ON_JAX, config.model_registry, MODEL_NAME,
+         str(tmp_path / "batch.npy"), str(tmp_path / "jax.npy")],
+        env=environment, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    np.testing.assert_allclose(np.load(tmp_path / "jax.npy"), loaded.predict(batch), atol=1e-4)
