@@ -27,28 +27,17 @@ from pathlib import Path
 import pydicom
 from pydicom.pixels import pixel_array
 
+from streaming.demo.scanner_files import scanner_files
 from streaming.imaging.decoding import DICOM, decode_image_bytes
 from streaming.imaging.types import ImageLimits, ImageRejected
 
 RESULTS = Path(__file__).resolve().parent / "results" / "decode_bench.json"
 
 
-def corpus_files() -> list[Path]:
-    """Every file pydicom and pydicom-data hold locally (no download attempts)."""
-    from pydicom.data.data_manager import DATA_ROOT, DataTypes, external_data_sources
-
-    paths = {Path(p) for p in (Path(DATA_ROOT) / "test_files").glob("*")}
-    source = external_data_sources().get("pydicom-data")
-    if source is None:
-        raise RuntimeError("pydicom-data is not installed: pip install pydicom-data")
-    paths |= {Path(p) for p in source.get_paths("*", DataTypes.DATASET)}
-    return sorted((p for p in paths if p.is_file()), key=lambda p: p.name)
-
-
 def decodable_files(limits: ImageLimits) -> list[tuple[Path, int]]:
     """(path, frame index) for the corpus files both our loader and plain pydicom decode."""
     chosen = []
-    for path in corpus_files():
+    for path in scanner_files():
         try:
             image = decode_image_bytes(path.read_bytes(), DICOM, limits)
             _pydicom(path, image.frame_index)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import traceback
 import warnings
 
 from pythonjsonlogger.json import JsonFormatter
@@ -16,6 +17,7 @@ from pythonjsonlogger.json import JsonFormatter
 # kafka-python logs every dropped connection at ERROR, many per second during a
 # broker outage; our own reader and sink report outages once per retry instead.
 _QUIET = {"kafka": logging.CRITICAL, "apache_beam": logging.WARNING, "absl": logging.ERROR,
+          "openjpeg": logging.WARNING, "pylibjpeg": logging.WARNING,
           "tensorflow": logging.ERROR, "h5py": logging.WARNING, "matplotlib": logging.WARNING}
 
 
@@ -48,3 +50,13 @@ def silence_phi_sources() -> None:
     pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
     logging.getLogger("pydicom").setLevel(logging.CRITICAL + 1)
     warnings.filterwarnings("ignore", module=r"pydicom(\..*)?$")
+
+
+def where_it_failed(error: BaseException) -> list[str]:
+    """The traceback as file:line function, without the exception's message.
+
+    Library messages can quote what they were reading (a DICOM element's value), so
+    logs name the error's type and where it was raised, never its text.
+    """
+    return [f"{os.path.basename(frame.filename)}:{frame.lineno} {frame.name}"
+            for frame in traceback.extract_tb(error.__traceback__)]

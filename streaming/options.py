@@ -73,8 +73,10 @@ class StreamingOptions(PipelineOptions):
                            help="model to serve (default: %(default)s)")
         model.add_argument("--model_version", default=None,
                            help="pin a version instead of following the production pointer")
-        model.add_argument("--min_batch_size", type=int, default=1,
-                           help="smallest inference batch (default: %(default)s)")
+        model.add_argument("--min_batch_size", type=int, default=None,
+                           help="smallest inference batch (default: --max_batch_size). Batches "
+                                "never wait across bundles: a bundle's last batch may be "
+                                "smaller; a lower minimum lets Beam adapt the size to timing")
         model.add_argument("--max_batch_size", type=int, default=32,
                            help="largest inference batch (default: %(default)s)")
         model.add_argument("--share_model_across_processes", action="store_true",
@@ -154,13 +156,16 @@ def job_settings(options: PipelineOptions) -> JobSettings:
     if not o.model_registry:
         raise OptionsError("--model_registry is required: the folder (or gs:// URI) that "
                            "`medimg train --model_registry DIR` wrote the model to")
-    for name in ("min_batch_size", "max_batch_size", "topic_partitions", "max_event_bytes",
+    min_batch_size = o.max_batch_size if o.min_batch_size is None else o.min_batch_size
+    for name in ("max_batch_size", "topic_partitions", "max_event_bytes",
                  "max_file_bytes", "max_frame_pixels", "max_frames", "poll_timeout_ms",
                  "max_records_per_bundle"):
         if getattr(o, name) < 1:
             raise OptionsError(f"--{name} must be at least 1, got {getattr(o, name)}")
-    if o.min_batch_size > o.max_batch_size:
-        raise OptionsError(f"--min_batch_size ({o.min_batch_size}) is larger than "
+    if min_batch_size < 1:
+        raise OptionsError(f"--min_batch_size must be at least 1, got {min_batch_size}")
+    if min_batch_size > o.max_batch_size:
+        raise OptionsError(f"--min_batch_size ({min_batch_size}) is larger than "
                            f"--max_batch_size ({o.max_batch_size})")
     topics = [o.events_topic, o.findings_topic, o.dead_letter_topic]
     if len(set(topics)) != 3:
@@ -180,7 +185,7 @@ def job_settings(options: PipelineOptions) -> JobSettings:
         startup_timeout_s=o.startup_timeout_s,
         poll_timeout_ms=o.poll_timeout_ms, max_records_per_bundle=o.max_records_per_bundle,
         model_registry=o.model_registry, model_name=o.model_name,
-        model_version=o.model_version, min_batch_size=o.min_batch_size,
+        model_version=o.model_version, min_batch_size=min_batch_size,
         max_batch_size=o.max_batch_size,
         share_model_across_processes=o.share_model_across_processes,
         access=AccessPolicy(allowed_roots=allowed_roots(o.allowed_roots)),

@@ -78,7 +78,9 @@ class LoadImages(beam.DoFn):
                                                         Stage.LOAD))
             return
         except Exception as error:  # noqa: BLE001 - a poison file must not stop the job
-            LOG.exception("unexpected error loading an image", extra={"event_id": event.event_id})
+            LOG.error("unexpected error loading an image", extra={
+                "event_id": event.event_id, "error": type(error).__name__,
+                "where": logs.where_it_failed(error)})
             yield self._dead_letter(received, Rejection(
                 Reason.UNDECODABLE_PIXEL_DATA,
                 f"unexpected {type(error).__name__} while loading the image; "

@@ -25,7 +25,7 @@ import pytest
 from PIL import Image
 from pydicom import uid
 from pydicom.data import get_testdata_file
-from pydicom.data.data_manager import DATA_ROOT, DataTypes, external_data_sources
+from pydicom.data.data_manager import external_data_sources
 from pydicom.dataset import Dataset
 from pydicom.encaps import generate_fragments
 from pydicom.pixels import (apply_color_lut, apply_modality_lut, apply_voi_lut,
@@ -34,6 +34,7 @@ from pydicom.pixels import (apply_color_lut, apply_modality_lut, apply_voi_lut,
 from apache_beam.io.localfilesystem import LocalFileSystem
 from streaming.imaging.access import AccessPolicy, open_image_bytes
 from streaming.imaging.decoding import DICOM, JPEG, PNG, decode_image_bytes, load_image
+from streaming.demo.scanner_files import scanner_files
 from streaming.imaging.types import DecodedImage, ImageLimits, ImageRejected
 from streaming.reasons import Reason
 
@@ -106,18 +107,6 @@ CANARIES = {
 
 
 # --- Helpers ------------------------------------------------------------------------
-
-def corpus_files() -> list[Path]:
-    """pydicom's and pydicom-data's local files.
-
-    Not get_testdata_files("*"): offline it tries ~90 downloads (15 s here), and
-    online it would download, so the corpus would depend on the network.
-    """
-    paths = {Path(p) for p in (Path(DATA_ROOT) / "test_files").glob("*")}
-    paths |= {Path(p) for p in
-              external_data_sources()["pydicom-data"].get_paths("*", DataTypes.DATASET)}
-    return sorted((p for p in paths if p.is_file()), key=lambda p: p.name)
-
 
 def sample_path(name: str) -> Path:
     path = get_testdata_file(name)
@@ -196,7 +185,7 @@ def reference_grayscale(dataset: Dataset, frame: np.ndarray) -> np.ndarray:
 @pytest.fixture(scope="module")
 def corpus() -> dict[str, DecodedImage | ImageRejected]:
     outcomes = {}
-    for path in corpus_files():
+    for path in scanner_files():
         try:
             outcomes[path.name] = decode(path.read_bytes())
         except ImageRejected as rejected:
@@ -231,7 +220,7 @@ def test_files_listed_as_not_images_really_hold_no_pixel_data():
 
 
 @pytest.mark.parametrize("name", sorted(
-    p.name for p in corpus_files() if p.name not in {**REJECTED_IMAGES, **NOT_IMAGES}))
+    p.name for p in scanner_files() if p.name not in {**REJECTED_IMAGES, **NOT_IMAGES}))
 def test_corpus_image_is_display_ready_with_the_header_shape(corpus, name):
     image = corpus[name]
     assert isinstance(image, DecodedImage)

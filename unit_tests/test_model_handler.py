@@ -193,3 +193,16 @@ def test_streaming_package_runs_without_tensorflow(small_registry):
     image = DecodedImage(np.full((40, 40), 0.5, np.float32), "MONOCHROME2", "CR", "CHEST")
     local = server.score([ImageToScore("c", image, "CR", "CHEST")])[0].decision.scores
     assert report["scores"] == pytest.approx(local, abs=1e-5)
+
+
+def test_one_model_can_be_shared_across_processes(small_registry, rng):
+    """--share_model_across_processes: Beam's multi-process shared model serves the batches."""
+    handler = KerasModelHandler(small_registry.root, MODEL_NAME, max_batch_size=4,
+                                share_across_processes=True)
+    assert handler.share_model_across_processes()
+    items = [an_image(rng, context=i) for i in range(6)]
+    with beam.Pipeline() as pipeline:
+        results = (pipeline | beam.Create(items) | RunInference(handler)
+                   | beam.Map(lambda r: (r.example, r.model_id, r.inference.status)))
+        assert_that(results, equal_to([(i, f"{MODEL_NAME}/1", Scoring.SCORED)
+                                       for i in range(6)]))

@@ -1,0 +1,225 @@
+"""``medimg demo``: the whole product on one laptop, offline, in about a minute.
+
+1. Writes synthetic DICOM studies with known truth (chest phantoms with and without
+   a lesion, in several encodings, plus CT studies the chest model does not cover).
+2. Trains a bootstrap model into the demo's own registry if it has none, so a
+   phantom model never serves real studies.
+3. Starts the embedded broker and the streaming job, publishes the studies as a
+   modality would, plus a few broken events, and shows outcomes as they arrive.
+4. Prints a summary (findings, dead letters, accuracy against the truth, latency)
+   and stops everything it started.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import statistics
+import time
+from collections import Counter
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn
+from rich.table import Table
+
+from streaming.broker import EmbeddedBroker
+from streaming.demo import phantoms
+from streaming.events import new_event
+from streaming.kafka.admin import ensure_topics
+from streaming.kafka.config import KafkaConfig
+from streaming.local_job import LocalJob
+from streaming.modality import event_for_file, publish_events
+from streaming.modeling.registry import ModelRegistry
+from streaming.outcomes import OutcomeLog
+
+DEMO_MODEL = "phantom-lesion-cnn"
+TOPICS = {"events": "image-events", "findings": "findings", "dead_letters": "dead-letters"}
+SENDER = "DEMO_CR_ROOM"
+STUDY_IMAGE_SIZE = 128
+PUBLISH_RATE = 8.0  # events per second, like a busy radiology department
+
+
+class DemoError(RuntimeError):
+    """The demo could not complete; the message says what to look at."""
+
+
+def bootstrap_model(registry_root: Path, workdir: Path, *, seed: int, progress: bool = True,
+                    n_train: int = 480, n_val: int = 160, epochs: int = 8):
+    """The demo's model: trained on phantoms once, then reused from the registry."""
+    registry = ModelRegistry(str(registry_root))
+    version = registry.production(DEMO_MODEL)
+    if version:
+        return registry.metadata(DEMO_MODEL, version)
+    from batch_training.train import TrainingConfig, train_and_register  # noqa: PLC0415
+    # Rendered at the studies' size and resized by the model's preprocessing, as served.
+    data = phantoms.write_phantom_npz(workdir / "phantom_training.npz", n_train, n_val,
+                                      size=STUDY_IMAGE_SIZE, seed=seed)
+    config = TrainingConfig(data=str(data), model_registry=str(registry_root),
+                            model_name=DEMO_MODEL, height=64, width=64, epochs=epochs,
+                            batch_size=32,
+                            modalities=("CR", "DX"), body_parts=("CHEST",), seed=seed,
+                            promote="if_none")
+    return train_and_register(config, progress=progress)
+
+
+def broken_events(workdir: Path, studies: Path, sample: Path) -> list[tuple[bytes, str]]:
+    """(payload, expected dead-letter reason): what a misbehaving sender might publish."""
+    not_dicom = studies / "notes.dcm"
+    not_dicom.write_text("report pending, not an image\n")
+    truncated = studies / "truncated.dcm"
+    truncated.write_bytes(sample.read_bytes()[:600])
+    uids = dict(study_instance_uid="1.2.826.0.1.3680043.10.1234.1",
+                series_instance_uid="1.2.826.0.1.3680043.10.1234.1.1",
+                sop_instance_uid="1.2.826.0.1.3680043.10.1234.1.1.1")
+
+    def event(uri: str) -> bytes:
+        return new_event(**uids, modality="CR", uri=uri, content_type="application/dicom",
+                         sender=SENDER).to_json()
+
+    return [
+        (b'{"schema_version": 1, "event_id": "oops"', "invalid_json"),
+        (event("/etc/hostname"), "uri_not_allowed"),
+        (event(str(studies / "missing.dcm")), "unreadable_uri"),
+        (event(str(not_dicom)), "not_an_image"),
+        (event(str(truncated)), "not_an_image"),
+    ]
+
+
+def run_demo(workdir: str = ".medimg-demo", studies: int = 24, seed: int = 7,
+             keep_running: bool = False, console: Console | None = None) -> int:
+    console = console or Console()
+    workdir = Path(workdir).resolve()
+    studies_dir = workdir / "studies"
+    registry_root = workdir / "registry"
+    logs = workdir / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+
+    console.rule("[bold]medimg demo[/bold]")
+    if studies_dir.exists():
+        shutil.rmtree(studies_dir)
+    cases = phantoms.generate_study_set(studies_dir, studies, seed=seed, size=STUDY_IMAGE_SIZE)
+    console.print(f"[green]✓[/green] wrote {len(cases)} synthetic DICOM images in {studies} "
+                  f"studies to {studies_dir}")
+    model = bootstrap_model(registry_root, workdir, seed=seed)
+    console.print(f"[green]✓[/green] model {model.model_id} (validation AUC "
+                  f"{model.extra.get('metrics', {}).get('val_auc', float('nan')):.3f}) "
+                  f"in {registry_root}")
+
+    broker = EmbeddedBroker(log_path=str(logs / "broker.log")).start()
+    config = KafkaConfig(broker.bootstrap_servers, client_id="medimg-demo")
+    job = None
+    try:
+        console.print(f"[green]✓[/green] embedded Kafka-compatible broker on "
+                      f"{broker.bootstrap_servers}")
+        ensure_topics(config, {topic: 3 for topic in TOPICS.values()})
+        job = LocalJob([
+            "--bootstrap_servers", broker.bootstrap_servers,
+            "--events_topic", TOPICS["events"], "--findings_topic", TOPICS["findings"],
+            "--dead_letter_topic", TOPICS["dead_letters"], "--model_registry", str(registry_root),
+            "--model_name", DEMO_MODEL, "--allowed_roots", str(studies_dir),
+            "--consumer_group", f"medimg-demo-{int(time.time())}", "--max_batch_size", "16",
+        ], log_path=logs / "job.log").start()
+        outcome = _stream(console, config, job, cases, studies_dir)
+        if keep_running:
+            console.print("The job keeps running; Ctrl-C stops it.")
+            job.process.wait()
+    finally:
+        if job is not None:
+            job.stop()
+        broker.stop()
+    console.print(f"Stopped the job and the broker. Logs: {logs}")
+    return outcome
+
+
+def _stream(console: Console, config: KafkaConfig, job: LocalJob, cases, studies_dir: Path) -> int:
+    events = [event_for_file(case.path, sender=SENDER) for case in cases]
+    truth = {event.event_id: case for event, case in zip(events, cases)}
+    broken = broken_events(studies_dir.parent, studies_dir, cases[0].path)
+
+    with OutcomeLog(config, TOPICS["findings"], TOPICS["dead_letters"]) as log:
+        with console.status("starting the streaming job (Beam, Keras, model)…"):
+            publish_events(config, TOPICS["events"], events[:1])
+            started = time.monotonic()
+            while not log.settled([events[0].event_id]):
+                log.poll()
+                if not job.running():
+                    raise DemoError(f"the streaming job exited early:\n{job.log_tail()}")
+                if time.monotonic() - started > 180:
+                    raise DemoError(f"no finding after 180 s; see {job.log_path}")
+        console.print(f"[green]✓[/green] streaming job up (first finding after "
+                      f"{time.monotonic() - started:.1f} s); publishing the studies")
+
+        total = len(events) + len(broken)
+        with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
+                      MofNCompleteColumn(), console=console) as progress:
+            task = progress.add_task("findings and dead letters", total=total)
+            progress.update(task, completed=1)
+            publish_events(config, TOPICS["events"], events[1:], rate_per_s=PUBLISH_RATE,
+                           on_sent=lambda _e: _advance(log, progress, task))
+            _publish_raw(config, [payload for payload, _ in broken])
+            arrived = log.wait_for([e.event_id for e in events], timeout_s=120,
+                                   on_outcome=lambda _o: progress.update(
+                                       task, completed=len(log.outcomes)),
+                                   extra_dead_letters=1)
+            progress.update(task, completed=len(log.outcomes))
+        log.drain(quiet_s=1.0)
+        return _summarise(console, log, truth, broken, arrived, total)
+
+
+def _advance(log: OutcomeLog, progress: Progress, task) -> None:
+    log.poll(timeout_ms=0)
+    progress.update(task, completed=len(log.outcomes))
+
+
+def _publish_raw(config: KafkaConfig, payloads: list[bytes]) -> None:
+    from kafka import KafkaProducer  # noqa: PLC0415
+    producer = KafkaProducer(**config.client_kwargs(), acks="all")
+    for payload in payloads:
+        producer.send(TOPICS["events"], value=payload, key=b"demo-broken")
+    producer.flush()
+    producer.close()
+
+
+def _summarise(console: Console, log: OutcomeLog, truth: dict, broken, arrived: bool,
+               total: int) -> int:
+    findings = [o for o in log.outcomes if o.kind == "finding"]
+    dead_letters = [o for o in log.outcomes if o.kind == "dead_letter"]
+    status = Counter(o.document["status"] for o in findings)
+    scored = [o for o in findings if o.event_id in truth and truth[o.event_id].expected_label]
+    correct = sum(o.document["label"] == truth[o.event_id].expected_label for o in scored)
+    wrongly_scored = sum(1 for o in findings if o.event_id in truth
+                         and truth[o.event_id].expected_label is None
+                         and o.document["status"] == "scored")
+    latencies = sorted(o.document["latency_ms"] for o in findings)
+    reasons = Counter(o.document["reason"] for o in dead_letters)
+    expected_reasons = Counter(reason for _, reason in broken)
+
+    table = Table(title="demo summary", show_header=False)
+    table.add_row("events published", str(total))
+    table.add_row("findings", f"{len(findings)} ({status['scored']} scored, "
+                              f"{status['not_applicable']} not applicable)")
+    table.add_row("dead letters", ", ".join(f"{r}: {n}" for r, n in sorted(reasons.items()))
+                  or "0")
+    table.add_row("accuracy vs ground truth",
+                  f"{correct}/{len(scored)} = {correct / max(len(scored), 1):.1%}")
+    table.add_row("CT scored by the chest model", str(wrongly_scored))
+    table.add_row("urgent findings", str(sum(o.document["urgent"] for o in findings)))
+    if latencies:
+        table.add_row("latency p50 / p99",
+                      f"{statistics.median(latencies):.0f} ms / "
+                      f"{latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))]:.0f} ms")
+    duplicates = log.duplicates()
+    table.add_row("events without outcome", str(total - len(log.outcomes) if not arrived
+                                                else 0))
+    table.add_row("duplicated outcomes", str(len(duplicates)))
+    console.print(table)
+    ok = arrived and not duplicates and reasons == expected_reasons and wrongly_scored == 0
+    if ok:
+        console.print("[bold green]Every event got exactly one finding or dead letter.[/bold green]")
+    else:
+        console.print("[bold red]Some events are missing, duplicated or misrouted; "
+                      "see the job log.[/bold red]")
+        console.print(json.dumps({"expected_reasons": expected_reasons, "reasons": reasons},
+                                 default=dict))
+    return 0 if ok else 1
