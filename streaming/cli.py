@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
 import threading
@@ -89,7 +90,7 @@ def cmd_stream(args, beam_argv: list[str]) -> int:
 def cmd_publish(args) -> int:
     from streaming import modality  # noqa: PLC0415
     from streaming.kafka.admin import BrokerUnavailable, ensure_topics  # noqa: PLC0415
-    missing = [p for p in args.paths if not __import__("os").path.exists(p)]
+    missing = [p for p in args.paths if not os.path.exists(p)]
     if missing:
         raise CliError(f"no such file or folder: {', '.join(missing)}")
     found = modality.inventory(args.paths, sender=args.sender, priority=args.priority,
@@ -153,6 +154,8 @@ def cmd_train(args) -> int:
 
 def cmd_demo(args) -> int:
     from streaming.demo.run import DemoError, run_demo  # noqa: PLC0415
+    # The demo's own display is the interface; its job and broker log to files.
+    logs.configure(os.environ.get("MEDIMG_LOG_LEVEL", "WARNING"))
     try:
         return run_demo(workdir=args.workdir, studies=args.studies, seed=args.seed,
                         keep_running=False)

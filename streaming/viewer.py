@@ -87,7 +87,8 @@ def print_live(stream: Iterator[tuple[str, dict | None, bytes]], console: Consol
     rows, count = [], 0
     if not console.is_terminal:
         for topic, document, _raw in stream:
-            console.print(" | ".join(summary_row(topic, document)), highlight=False)
+            console.print(" | ".join(summary_row(topic, document)), highlight=False,
+                          soft_wrap=True)
             count += 1
         return count
 
