@@ -1,12 +1,23 @@
 """Train a classifier on labeled images and register it as the next model version.
 
-``train_and_register(TrainingConfig(...))`` loads the data through the serving path's
-decoding and preprocessing, fits a Keras model with early stopping, measures it on
-the validation split, and registers ``model.keras`` with its metadata (preprocessing,
-classes, thresholds, applicability, metrics, data fingerprint, code version). The
-production pointer moves only as ``promote`` says.
+``train_and_register(TrainingConfig(...))`` is the recipe ``medimg train`` runs:
 
-Runs on Keras' TensorFlow backend by default; the saved model loads on any backend.
+1. load the data through the serving path's decoding and preprocessing;
+2. carve a stratified calibration split from the training data (never from validation);
+3. fit a Keras model on the rest, with augmentation (training only), balanced class
+   weights, a cosine learning-rate schedule and early stopping on validation AUC;
+4. choose the operating threshold on the calibration split for a target sensitivity
+   (a triage tool must not miss disease), with a small margin so that new images
+   reach the target too, and measure validation at 0.5 and at that threshold;
+5. register the version: ``model.keras``, ``architecture.json`` + ``model.weights.h5``,
+   a TensorFlow SavedModel (``saved_model.pb`` + ``variables/``, the layout TF Serving
+   loads from ``<registry>/<name>/<N>/``), ``history.json``, the evaluation report
+   (``report/``) and the metadata (preprocessing, classes, thresholds, applicability,
+   metrics, data fingerprint, training configuration, code version).
+
+The production pointer moves only as ``promote`` says. Runs on Keras' TensorFlow
+backend by default; the saved model has no augmentation layers and loads and scores
+identically on any backend.
 """
 
 from __future__ import annotations
@@ -14,6 +25,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
 import subprocess
 import sys
 import tempfile
@@ -23,17 +35,25 @@ from typing import Sequence
 
 import keras
 import numpy as np
+from sklearn.model_selection import train_test_split
+from sklearn.utils.class_weight import compute_class_weight
 
 from batch_training.datasets import LabeledData, load_labeled_data
-from batch_training.models import build_model
+from batch_training.evaluation import (EvaluationResult, evaluate_scores, operating_threshold,
+                                       write_report)
+from batch_training.models import INPUT_NAME, build_model
 from streaming.imaging.preprocessing import PreprocessingSpec
 from streaming.modeling.metadata import Applicability, ModelMetadata, utc_now
-from streaming.modeling.registry import MODEL_FILE, PRODUCTION, ModelRegistry
+from streaming.modeling.registry import MODEL_FILE, ModelRegistry
 
 logger = logging.getLogger(__name__)
 
 PROMOTE_CHOICES = ("always", "if_none", "never")
+LEARNING_RATE_SCHEDULES = ("cosine", "constant")
 HISTORY_FILE = "history.json"
+ARCHITECTURE_FILE = "architecture.json"
+WEIGHTS_FILE = "model.weights.h5"  # Keras 3 requires the .weights.h5 suffix
+REPORT_DIR = "report"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,6 +62,17 @@ class TrainingConfig:
 
     ``data``: an .npz file or a train/validation folder (see ``batch_training.datasets``).
     ``positive_class``: the finding the model reports; default the last class.
+    ``calibration_fraction``: share of the training images held out (stratified, seeded)
+    to choose the threshold; 0 keeps ``threshold`` as given. The threshold is the
+    highest reaching ``target_sensitivity + sensitivity_margin`` on those images: a
+    threshold fitted to exactly the target reaches it on new images only about half
+    the time, and the margin (0.02) buys that back. ``urgent_threshold`` is raised to
+    the chosen threshold if below it.
+    ``class_weighting``: weight classes inversely to their frequency ("balanced").
+    ``augmentation``: random rotation (up to ``rotation_degrees``), translation and
+    zoom (fractions of the size), contrast, and optionally a horizontal flip (off by
+    default: anatomy is lateralized); never a vertical flip. Training only.
+    ``learning_rate_schedule``: "cosine" decays ``learning_rate`` over ``epochs``.
     ``promote``: "always" moves production to the new version, "if_none" only when
     there is no production version yet, "never" leaves it.
     """
@@ -54,10 +85,21 @@ class TrainingConfig:
     channels: int = 1
     mean: tuple[float, ...] = (0.0,)
     std: tuple[float, ...] = (1.0,)
-    epochs: int = 30
+    epochs: int = 40
     batch_size: int = 64
     learning_rate: float = 1e-3
-    early_stopping_patience: int = 5
+    learning_rate_schedule: str = "cosine"
+    early_stopping_patience: int = 10
+    class_weighting: bool = True
+    augmentation: bool = True
+    rotation_degrees: float = 15.0
+    translation: float = 0.15
+    zoom: float = 0.15
+    contrast: float = 0.3
+    horizontal_flip: bool = False
+    calibration_fraction: float = 0.1
+    target_sensitivity: float = 0.95
+    sensitivity_margin: float = 0.02
     seed: int = 1234
     modalities: tuple[str, ...] = ("CR", "DX")
     body_parts: tuple[str, ...] = ("CHEST",)
@@ -71,11 +113,29 @@ class TrainingConfig:
         if self.promote not in PROMOTE_CHOICES:
             raise ValueError(f"promote must be one of {', '.join(PROMOTE_CHOICES)}, "
                              f"got {self.promote!r}")
+        if self.learning_rate_schedule not in LEARNING_RATE_SCHEDULES:
+            raise ValueError("learning_rate_schedule must be one of "
+                             f"{', '.join(LEARNING_RATE_SCHEDULES)}, "
+                             f"got {self.learning_rate_schedule!r}")
         if not 0.0 <= self.threshold <= self.urgent_threshold <= 1.0:
             raise ValueError("need 0 <= threshold <= urgent_threshold <= 1, got "
                              f"{self.threshold} and {self.urgent_threshold}")
         if self.epochs < 1 or self.batch_size < 1:
             raise ValueError("epochs and batch_size must be at least 1")
+        if not 0.0 <= self.calibration_fraction < 0.5:
+            raise ValueError("calibration_fraction must be in [0, 0.5), got "
+                             f"{self.calibration_fraction}")
+        if not 0.0 < self.target_sensitivity <= 1.0:
+            raise ValueError(f"target_sensitivity must be in (0, 1], got "
+                             f"{self.target_sensitivity}")
+        if self.sensitivity_margin < 0.0:
+            raise ValueError(f"sensitivity_margin must not be negative, got "
+                             f"{self.sensitivity_margin}")
+
+    @property
+    def calibration_target(self) -> float:
+        """The sensitivity the threshold is fitted to on the calibration split."""
+        return min(1.0, self.target_sensitivity + self.sensitivity_margin)
 
     @property
     def preprocessing(self) -> PreprocessingSpec:
@@ -87,66 +147,190 @@ class TrainingConfig:
                 for key, value in dataclasses.asdict(self).items()}
 
 
+@dataclasses.dataclass(eq=False)
+class TrainingSplits:
+    """The training images split for fitting and for choosing the threshold.
+
+    ``fit_x``/``fit_y``: what the model learns from; ``calibration_x``/``calibration_y``:
+    held out from training to choose the operating threshold (empty when
+    ``calibration_fraction`` is 0). Labels index ``LabeledData.classes``.
+    """
+    fit_x: np.ndarray
+    fit_y: np.ndarray
+    calibration_x: np.ndarray
+    calibration_y: np.ndarray
+
+
+@dataclasses.dataclass(frozen=True)
+class Calibration:
+    """The operating threshold and how it was chosen (None: the configured one)."""
+    threshold: float
+    result: EvaluationResult | None
+
+
 def train_and_register(config: TrainingConfig, progress: bool = True) -> ModelMetadata:
     """Train one model per ``config`` and register it; returns the registered metadata."""
     started = time.monotonic()
-    data = load_labeled_data(config.data, config.preprocessing, config.class_names)
-    positive_class = config.positive_class or data.classes[-1]
-    if positive_class not in data.classes:
-        raise ValueError(f"positive_class {positive_class!r} is not one of the classes "
-                         f"{', '.join(data.classes)}")
-    logger.info("training %s on %d images (%d for validation, %d files skipped), classes %s",
-                config.architecture, len(data.train_x), len(data.val_x), data.skipped,
+    data, positive_class = load_training_data(config)
+    positive_index = data.classes.index(positive_class)
+    splits = carve_calibration_split(data.train_x, data.train_y, config.calibration_fraction,
+                                     config.seed)
+    logger.info("training %s on %d images (%d held out for calibration, %d for validation, "
+                "%d files skipped), classes %s", config.architecture, len(splits.fit_x),
+                len(splits.calibration_x), len(data.val_x), data.skipped,
                 ", ".join(data.classes))
 
+    weights = class_weights(splits.fit_y, config)
     keras.utils.set_random_seed(config.seed)
     model = build_model(config.architecture, config.preprocessing.input_shape, len(data.classes))
-    history, best_epoch = fit(model, data, config, progress)
-    metrics = evaluate(model, data)
-    logger.info("validation AUC %.4f, accuracy %.4f", metrics["val_auc"], metrics["val_accuracy"])
+    fit_started = time.monotonic()
+    history, best_epoch = fit(model, splits, data, config, weights, progress)
+    fit_seconds = time.monotonic() - fit_started
+
+    calibration = calibrate(model, splits, positive_index, positive_class, config)
+    val_labels = (data.val_y == positive_index).astype(np.int64)
+    val_scores = predict_positive(model, data.val_x, positive_index)
+    validation = evaluate_scores(val_labels, val_scores, calibration.threshold, positive_class)
+    logger.info("validation AUC %.4f, accuracy at 0.5 %.4f; at threshold %.4f sensitivity "
+                "%.4f, specificity %.4f", validation.auc, validation.accuracy_at_0_5,
+                validation.threshold, validation.sensitivity, validation.specificity)
 
     training = {"config": config.to_dict(), "epochs_trained": len(history["loss"]),
-                "best_epoch": best_epoch, "train_images": len(data.train_x),
+                "best_epoch": best_epoch, "train_images": len(splits.fit_x),
+                "calibration_images": len(splits.calibration_x),
                 "val_images": len(data.val_x), "skipped_files": data.skipped,
+                "class_weights": _json_class_weights(weights),
+                "fit_seconds": round(fit_seconds, 1),
                 "wall_seconds": round(time.monotonic() - started, 1)}
-    document = metadata_document(config, data.classes, positive_class, metrics,
-                                 data.fingerprint, training)
+    document = metadata_document(config, data.classes, positive_class,
+                                 training_metrics(validation, calibration, config),
+                                 data.fingerprint, training, calibration.threshold)
     registry = ModelRegistry(config.model_registry)
     with tempfile.TemporaryDirectory(prefix="medimg-train-") as staging:
-        model.save(Path(staging) / MODEL_FILE)
-        (Path(staging) / HISTORY_FILE).write_text(json.dumps(history, indent=2))
+        write_model_files(model, Path(staging), history)
+        write_report(validation, val_labels, val_scores, Path(staging) / REPORT_DIR,
+                     title=f"{config.model_name}: {config.architecture} on "
+                           f"{Path(config.data).name} (validation)", history=history)
         record = registry.register(staging, document)
     logger.info("registered %s", record.model_id)
     promote(registry, record, config.promote)
     return record
 
 
-def fit(model: keras.Model, data: LabeledData, config: TrainingConfig,
-        progress: bool) -> tuple[dict[str, list[float]], int]:
-    """Compile and fit with early stopping on validation loss, keeping the best weights.
+def load_training_data(config: TrainingConfig) -> tuple[LabeledData, str]:
+    """The preprocessed data and the positive class (``config.positive_class`` or the last)."""
+    data = load_labeled_data(config.data, config.preprocessing, config.class_names)
+    positive_class = config.positive_class or data.classes[-1]
+    if positive_class not in data.classes:
+        raise ValueError(f"positive_class {positive_class!r} is not one of the classes "
+                         f"{', '.join(data.classes)}")
+    return data, positive_class
 
-    Validation loss rather than AUC: AUC ignores calibration, and the serving path
-    compares the positive score with a fixed threshold. Returns (per-epoch history,
-    1-based best epoch).
+
+def carve_calibration_split(train_x: np.ndarray, train_y: np.ndarray, fraction: float,
+                            seed: int) -> TrainingSplits:
+    """Hold out ``fraction`` of the training images, stratified by class, seeded.
+
+    Raises ValueError when a class is too rare to appear on both sides.
+    """
+    if fraction == 0.0:
+        return TrainingSplits(train_x, train_y, train_x[:0], train_y[:0])
+    try:
+        fit_rows, calibration_rows = train_test_split(
+            np.arange(len(train_y)), test_size=fraction, stratify=train_y, random_state=seed)
+    except ValueError as error:
+        raise ValueError(f"cannot hold out a stratified calibration split of "
+                         f"{fraction:.0%} of {len(train_y)} training images ({error}); add "
+                         "images or set calibration_fraction to 0 to keep the configured "
+                         "threshold") from None
+    # Sorted: both parts keep the data's order; fit's seeded shuffle does the rest.
+    fit_rows, calibration_rows = np.sort(fit_rows), np.sort(calibration_rows)
+    return TrainingSplits(train_x[fit_rows], train_y[fit_rows], train_x[calibration_rows],
+                          train_y[calibration_rows])
+
+
+def class_weights(labels: np.ndarray, config: TrainingConfig) -> dict[int, float] | None:
+    """Keras ``class_weight``: "balanced" weights over the fitting labels, or None when off."""
+    if not config.class_weighting:
+        return None
+    present = np.unique(labels)
+    weights = compute_class_weight("balanced", classes=present, y=labels)
+    return {int(label): float(weight) for label, weight in zip(present, weights)}
+
+
+def _json_class_weights(weights: dict[int, float] | None) -> dict[str, float] | None:
+    return None if weights is None else {str(k): round(v, 6) for k, v in weights.items()}
+
+
+def augmentation(config: TrainingConfig) -> keras.Sequential:
+    """Random transforms plausible for radiographs, active only when training.
+
+    Backend-agnostic Keras layers; the value range of contrast clipping is the
+    normalized range of [0, 1] pixels, so normalization (mean/std) is respected.
+    """
+    spec = config.preprocessing
+    low = min((0.0 - m) / s for m, s in zip(spec.mean, spec.std))
+    high = max((1.0 - m) / s for m, s in zip(spec.mean, spec.std))
+    seed = config.seed
+    transforms = [
+        keras.layers.RandomRotation(config.rotation_degrees / 360.0, seed=seed),
+        keras.layers.RandomTranslation(config.translation, config.translation, seed=seed + 1),
+        keras.layers.RandomZoom(config.zoom, seed=seed + 2),
+        keras.layers.RandomContrast(config.contrast, value_range=(low, high), seed=seed + 3),
+    ]
+    if config.horizontal_flip:
+        transforms.append(keras.layers.RandomFlip("horizontal", seed=seed + 4))
+    return keras.Sequential(transforms, name="augmentation")
+
+
+def training_model(model: keras.Model, config: TrainingConfig) -> keras.Model:
+    """``model`` behind the augmentation layers, sharing its weights.
+
+    Only ``model`` is saved and served: augmentation never reaches the registry, so
+    export and cross-backend scoring see the plain classifier.
+    """
+    if not config.augmentation:
+        return model
+    inputs = keras.Input(shape=model.input_shape[1:], name=INPUT_NAME)
+    return keras.Model(inputs, model(augmentation(config)(inputs)), name=f"{model.name}_training")
+
+
+def _optimizer(config: TrainingConfig, fit_images: int) -> keras.optimizers.Optimizer:
+    learning_rate = config.learning_rate
+    if config.learning_rate_schedule == "cosine":
+        steps = config.epochs * math.ceil(fit_images / config.batch_size)
+        learning_rate = keras.optimizers.schedules.CosineDecay(
+            config.learning_rate, decay_steps=steps, alpha=0.01)
+    return keras.optimizers.Adam(learning_rate)
+
+
+def fit(model: keras.Model, splits: TrainingSplits, data: LabeledData, config: TrainingConfig,
+        weights: dict[int, float] | None, progress: bool) -> tuple[dict[str, list[float]], int]:
+    """Fit ``model`` on ``splits.fit_*`` with early stopping on validation AUC.
+
+    ``weights``: Keras ``class_weight`` (None: unweighted). The best epoch's weights
+    are kept. Returns (per-epoch history, 1-based best epoch).
     """
     num_classes = len(data.classes)
-    model.compile(
-        optimizer=keras.optimizers.Adam(config.learning_rate),
+    trainer = training_model(model, config)
+    trainer.compile(
+        optimizer=_optimizer(config, len(splits.fit_x)),
         loss=keras.losses.CategoricalCrossentropy(),
         # multi_label AUC averages one-vs-rest AUCs; for two classes that is exactly
         # the AUC of the positive class's score.
         metrics=[keras.metrics.CategoricalAccuracy(name="accuracy"),
                  keras.metrics.AUC(multi_label=True, num_labels=num_classes, name="auc")])
     early_stopping = keras.callbacks.EarlyStopping(
-        monitor="val_loss", patience=config.early_stopping_patience,
+        monitor="val_auc", mode="max", patience=config.early_stopping_patience,
         restore_best_weights=True)
-    result = model.fit(
-        data.train_x, keras.utils.to_categorical(data.train_y, num_classes),
+    result = trainer.fit(
+        splits.fit_x, keras.utils.to_categorical(splits.fit_y, num_classes),
         validation_data=(data.val_x, keras.utils.to_categorical(data.val_y, num_classes)),
         epochs=config.epochs, batch_size=config.batch_size, shuffle=True,
+        class_weight=weights,
         callbacks=[early_stopping], verbose=_verbosity(progress))
     history = {key: [float(v) for v in values] for key, values in result.history.items()}
-    best_epoch = int(np.argmin(history["val_loss"])) + 1
+    best_epoch = int(np.argmax(history["val_auc"])) + 1
     return history, best_epoch
 
 
@@ -157,18 +341,73 @@ def _verbosity(progress: bool) -> int:
     return 1 if sys.stdout.isatty() else 2
 
 
-def evaluate(model: keras.Model, data: LabeledData) -> dict[str, float]:
-    """Validation loss, AUC (of the positive class for two classes) and accuracy."""
-    results = model.evaluate(
-        data.val_x, keras.utils.to_categorical(data.val_y, len(data.classes)),
-        batch_size=256, verbose=0, return_dict=True)
-    return {"val_auc": float(results["auc"]), "val_accuracy": float(results["accuracy"]),
-            "val_loss": float(results["loss"])}
+def predict_positive(model: keras.Model, images: np.ndarray, positive_index: int) -> np.ndarray:
+    """The positive class's probability per image, float32 (N,)."""
+    return np.asarray(model.predict(images, batch_size=256, verbose=0))[:, positive_index]
+
+
+def calibrate(model: keras.Model, splits: TrainingSplits, positive_index: int,
+              positive_class: str, config: TrainingConfig) -> Calibration:
+    """The operating threshold for ``config.calibration_target`` on the calibration split."""
+    if not len(splits.calibration_x):
+        return Calibration(config.threshold, None)
+    labels = (splits.calibration_y == positive_index).astype(np.int64)
+    scores = predict_positive(model, splits.calibration_x, positive_index)
+    threshold = operating_threshold(labels, scores, config.calibration_target)
+    result = evaluate_scores(labels, scores, threshold, positive_class)
+    logger.info("threshold %.4f reaches sensitivity %.4f (fitted to %.3f for a target of %.2f) "
+                "on %d calibration images", threshold, result.sensitivity,
+                config.calibration_target, config.target_sensitivity, result.n)
+    return Calibration(threshold, result)
+
+
+def training_metrics(validation: EvaluationResult, calibration: Calibration,
+                     config: TrainingConfig) -> dict:
+    """metadata ``metrics``: validation at 0.5 and at the threshold, and how it was chosen.
+
+    ``val_auc`` and ``val_accuracy`` (at 0.5) stay top-level for existing readers.
+    """
+    return {"val_auc": validation.auc, "val_accuracy": validation.accuracy_at_0_5,
+            "validation": validation.to_dict(),
+            "calibration": None if calibration.result is None else {
+                **calibration.result.to_dict(),
+                "fitted_sensitivity": config.calibration_target},
+            "target_sensitivity": None if calibration.result is None
+            else config.target_sensitivity}
+
+
+def write_model_files(model: keras.Model, staging: Path, history: dict) -> None:
+    """The served model in every form the registry keeps, plus the training history.
+
+    The SavedModel goes first: ``export`` writes ``saved_model.pb``, ``variables/`` and
+    ``assets/`` straight into ``staging``, which becomes ``<registry>/<name>/<N>/``.
+    """
+    export_saved_model(model, staging)
+    model.save(staging / MODEL_FILE)
+    (staging / ARCHITECTURE_FILE).write_text(model.to_json())
+    model.save_weights(staging / WEIGHTS_FILE)
+    (staging / HISTORY_FILE).write_text(json.dumps(history, indent=2))
+
+
+def export_saved_model(model: keras.Model, directory: Path) -> bool:
+    """A TensorFlow SavedModel with a ``serve`` endpoint, for TF Serving; False if skipped.
+
+    Keras exports SavedModels from the TensorFlow and JAX backends only.
+    """
+    if keras.backend.backend() not in ("tensorflow", "jax"):
+        logger.warning("no SavedModel export on the %s backend", keras.backend.backend())
+        return False
+    model.export(directory, format="tf_saved_model", verbose=False)
+    return True
 
 
 def metadata_document(config: TrainingConfig, classes: Sequence[str], positive_class: str,
-                      metrics: dict, data_fingerprint: str, training: dict) -> dict:
-    """metadata.json for the new version (the registry adds the version number)."""
+                      metrics: dict, data_fingerprint: str, training: dict,
+                      threshold: float) -> dict:
+    """metadata.json for the new version (the registry adds the version number).
+
+    ``threshold``: the operating threshold; the urgent threshold is never below it.
+    """
     # from_dict normalizes case and spacing ("cr" -> "CR"), as serving will read them.
     applicability = Applicability.from_dict({"modalities": config.modalities,
                                              "body_parts": config.body_parts})
@@ -177,8 +416,8 @@ def metadata_document(config: TrainingConfig, classes: Sequence[str], positive_c
         "name": config.model_name,
         "classes": list(classes),
         "positive_class": positive_class,
-        "threshold": config.threshold,
-        "urgent_threshold": config.urgent_threshold,
+        "threshold": threshold,
+        "urgent_threshold": max(config.urgent_threshold, threshold),
         "preprocessing": config.preprocessing.to_dict(),
         "applicability": applicability.to_dict(),
         "created_at": utc_now(),
@@ -195,8 +434,7 @@ def metadata_document(config: TrainingConfig, classes: Sequence[str], positive_c
 def promote(registry: ModelRegistry, record: ModelMetadata, policy: str) -> bool:
     """Point production at ``record`` when ``policy`` says so; True when it moved."""
     if policy == "always" or (policy == "if_none" and registry.production(record.name) is None):
-        registry.set_pointer(record.name, record.version, PRODUCTION,
-                             reason=f"trained (promote={policy})")
+        registry.promote(record.name, record.version, reason=f"trained (promote={policy})")
         logger.info("production of %s is now version %s", record.name, record.version)
         return True
     return False

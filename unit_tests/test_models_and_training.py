@@ -18,10 +18,13 @@ from PIL import Image
 
 from batch_training import datasets
 from batch_training.models import ARCHITECTURES, build_model
-from batch_training.train import TrainingConfig, promote, train_and_register
+from batch_training.evaluation import evaluate_version
+from batch_training.train import (TrainingConfig, augmentation, carve_calibration_split,
+                                  class_weights, promote, train_and_register)
 from streaming import contracts
 from streaming.demo import phantoms
 from streaming.imaging.decoding import decode_image_bytes
+from streaming.demo.reference_data import PNEUMONIAMNIST, shared_data_dir
 from streaming.imaging.preprocessing import PreprocessingSpec, preprocess
 from streaming.imaging.types import ImageLimits
 from streaming.modeling.loading import load_model
@@ -29,15 +32,9 @@ from streaming.modeling.metadata import ModelMetadata
 from streaming.modeling.registry import ModelRegistry
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-PNEUMONIA_NPZ = "pneumoniamnist_trainval.npz"
 PHANTOM_SIZE = 64
 MODEL_NAME = "phantom-lesion"
 
-
-def _shared_data_dir() -> Path:
-    if os.environ.get("MEDIMG_SHARED_DATA"):
-        return Path(os.environ["MEDIMG_SHARED_DATA"])
-    return Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
 def _auc(labels: np.ndarray, scores: np.ndarray) -> float:
@@ -117,7 +114,7 @@ def test_load_npz_class_names_from_the_file_or_the_caller(tmp_path):
 
 
 def test_pneumoniamnist_loads_with_its_published_split_sizes():
-    path = _shared_data_dir() / PNEUMONIA_NPZ
+    path = shared_data_dir() / PNEUMONIAMNIST
     if not path.is_file():
         pytest.skip(f"{path} is absent (the shared PneumoniaMNIST file is not shipped with "
                     "the repository; set MEDIMG_SHARED_DATA to the folder that holds it)")
@@ -252,10 +249,14 @@ def test_second_training_gets_version_2_and_leaves_production(trained, tmp_path)
     config, _ = trained
     small = phantoms.write_phantom_npz(tmp_path / "small.npz", n_train=32, n_val=16,
                                        size=PHANTOM_SIZE, seed=3)
+    # No calibration split: the configured threshold is kept.
     second = train_and_register(
-        dataclasses.replace(config, data=str(small), epochs=1), progress=False)
+        dataclasses.replace(config, data=str(small), epochs=1, calibration_fraction=0.0,
+                            threshold=0.4), progress=False)
     registry = ModelRegistry(config.model_registry)
     assert second.version == "2"
+    assert second.threshold == 0.4 and second.extra["metrics"]["calibration"] is None
+    assert second.extra["training"]["calibration_images"] == 0
     assert registry.versions(MODEL_NAME) == ["1", "2"]
     assert registry.production(MODEL_NAME) == "1"
     assert promote(registry, second, "never") is False
@@ -292,3 +293,159 @@ def test_model_trained_on_tensorflow_predicts_the_same_on_jax(trained, tmp_path)
         env=environment, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
     np.testing.assert_allclose(np.load(tmp_path / "jax.npy"), loaded.predict(batch), atol=1e-4)
+
+
+# -- the recipe's parts ------------------------------------------------------------------
+
+def test_calibration_split_is_stratified_disjoint_and_seeded():
+    train_x = np.arange(200, dtype=np.float32).reshape(200, 1, 1, 1)
+    train_y = np.array([0] * 50 + [1] * 150)
+    splits = carve_calibration_split(train_x, train_y, 0.1, seed=7)
+    assert len(splits.calibration_y) == 20 and len(splits.fit_y) == 180
+    assert np.bincount(splits.calibration_y).tolist() == [5, 15]  # the classes' 1:3 ratio
+    held_out = set(splits.calibration_x.ravel().tolist())
+    assert held_out.isdisjoint(splits.fit_x.ravel().tolist())
+    assert len(held_out | set(splits.fit_x.ravel().tolist())) == 200
+    again = carve_calibration_split(train_x, train_y, 0.1, seed=7)
+    np.testing.assert_array_equal(again.calibration_x, splits.calibration_x)
+    none = carve_calibration_split(train_x, train_y, 0.0, seed=7)
+    assert len(none.fit_y) == 200 and len(none.calibration_y) == 0
+
+
+def test_calibration_split_of_too_few_images_says_what_to_do():
+    with pytest.raises(ValueError, match="calibration_fraction to 0"):
+        carve_calibration_split(np.zeros((5, 1, 1, 1)), np.array([0, 0, 0, 0, 1]), 0.2, seed=0)
+
+
+def test_threshold_is_fitted_to_the_target_plus_the_margin_at_most_one():
+    config = TrainingConfig(data="x.npz", model_registry="r")
+    assert config.calibration_target == pytest.approx(0.97)
+    exact = dataclasses.replace(config, target_sensitivity=0.99, sensitivity_margin=0.05)
+    assert exact.calibration_target == 1.0
+
+
+def test_class_weights_are_balanced_and_can_be_turned_off():
+    config = TrainingConfig(data="x.npz", model_registry="r")
+    weights = class_weights(np.array([0, 1, 1, 1]), config)
+    assert weights == pytest.approx({0: 2.0, 1: 2 / 3})
+    off = dataclasses.replace(config, class_weighting=False)
+    assert class_weights(np.array([0, 1, 1, 1]), off) is None
+
+
+def test_augmentation_changes_images_only_in_training_and_never_flips_by_default():
+    config = TrainingConfig(data="x.npz", model_registry="r", height=32, width=32)
+    layers = augmentation(config)
+    names = [type(layer).__name__ for layer in layers.layers]
+    assert names == ["RandomRotation", "RandomTranslation", "RandomZoom", "RandomContrast"]
+    images = np.random.default_rng(0).random((4, 32, 32, 1), dtype=np.float32)
+    np.testing.assert_array_equal(np.asarray(layers(images, training=False)), images)
+    assert not np.allclose(np.asarray(layers(images, training=True)), images)
+    flipping = augmentation(dataclasses.replace(config, horizontal_flip=True))
+    assert flipping.layers[-1].get_config()["mode"] == "horizontal"
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"calibration_fraction": 0.5}, "calibration_fraction"),
+    ({"target_sensitivity": 0.0}, "target_sensitivity"),
+    ({"learning_rate_schedule": "step"}, "learning_rate_schedule"),
+    ({"sensitivity_margin": -0.01}, "sensitivity_margin"),
+])
+def test_training_config_refuses_impossible_settings(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        TrainingConfig(data="x.npz", model_registry="r", **overrides)
+
+
+# -- what a trained version holds ------------------------------------------------------------
+
+def _version_dir(config) -> Path:
+    return Path(ModelRegistry(config.model_registry).version_uri(MODEL_NAME, "1"))
+
+
+def _phantom_batch(metadata, n=8, seed=123) -> np.ndarray:
+    pixels, _ = phantoms.phantom_training_set(n, size=PHANTOM_SIZE, seed=seed)
+    return np.stack([preprocess(p, metadata.preprocessing) for p in pixels])
+
+
+@pytest.mark.slow
+def test_version_holds_every_form_of_the_model_and_the_report(trained):
+    config, _ = trained
+    version_dir = _version_dir(config)
+    for name in ("model.keras", "architecture.json", "model.weights.h5", "saved_model.pb",
+                 "metadata.json", "history.json", "report/report.md"):
+        assert (version_dir / name).is_file(), name
+    assert (version_dir / "variables" / "variables.index").is_file()
+    for name in ("roc_curve.png", "calibration.png", "confusion_matrix.png",
+                 "training_curves.png"):
+        with Image.open(version_dir / "report" / name) as image:
+            image.verify()
+
+
+@pytest.mark.slow
+def test_threshold_is_calibrated_on_held_out_training_images(trained):
+    config, record = trained
+    metrics, training = record.extra["metrics"], record.extra["training"]
+    calibration = metrics["calibration"]
+    assert record.threshold == calibration["threshold"] == metrics["validation"]["threshold"]
+    assert 0.0 < record.threshold < 1.0
+    assert record.urgent_threshold == max(config.urgent_threshold, record.threshold)
+    assert metrics["target_sensitivity"] == 0.95
+    # Fitted with the margin, so that unseen images reach the target too.
+    assert calibration["fitted_sensitivity"] == pytest.approx(0.97)
+    assert calibration["sensitivity"] >= 0.97
+    # 10% of the 256 training phantoms, stratified; validation untouched.
+    assert training["calibration_images"] == calibration["n"] == 26
+    assert training["train_images"] == 230 and training["val_images"] == 96
+    assert metrics["validation"]["n"] == 96
+    assert metrics["val_auc"] == metrics["validation"]["auc"]
+    assert metrics["val_accuracy"] == metrics["validation"]["accuracy_at_0_5"]
+
+
+@pytest.mark.slow
+def test_early_stopping_kept_the_epoch_with_the_best_validation_auc(trained):
+    config, record = trained
+    history = json.loads((_version_dir(config) / "history.json").read_text())
+    best = record.extra["training"]["best_epoch"]
+    assert best == int(np.argmax(history["val_auc"])) + 1
+    assert record.extra["training"]["epochs_trained"] == len(history["loss"])
+
+
+@pytest.mark.slow
+def test_registered_metrics_are_what_evaluation_measures(trained):
+    config, record = trained
+    result, _, _ = evaluate_version(config.model_registry, MODEL_NAME, "1", config.data, "val")
+    stored = record.extra["metrics"]["validation"]
+    assert result.threshold == stored["threshold"]
+    assert (result.tp, result.fn, result.fp, result.tn) == (
+        stored["tp"], stored["fn"], stored["fp"], stored["tn"])
+    assert result.auc == pytest.approx(stored["auc"], abs=1e-6)
+
+
+@pytest.mark.slow
+def test_architecture_and_weights_rebuild_the_served_model(trained):
+    config, _ = trained
+    version_dir = _version_dir(config)
+    loaded = load_model(ModelRegistry(config.model_registry), MODEL_NAME, "1")
+    rebuilt = keras.models.model_from_json((version_dir / "architecture.json").read_text())
+    rebuilt.load_weights(version_dir / "model.weights.h5")
+    batch = _phantom_batch(loaded.metadata)
+    np.testing.assert_allclose(np.asarray(rebuilt.predict_on_batch(batch)),
+                               loaded.predict(batch), atol=1e-6)
+    # Augmentation trains the model but is not part of what is served.
+    assert not any(layer.name == "augmentation" or type(layer).__name__.startswith("Random")
+                   for layer in loaded.keras_model.layers)
+
+
+@pytest.mark.slow
+def test_saved_model_export_serves_the_same_probabilities(trained):
+    import tensorflow as tf  # noqa: PLC0415
+
+    config, _ = trained
+    loaded = load_model(ModelRegistry(config.model_registry), MODEL_NAME, "1")
+    exported = tf.saved_model.load(str(_version_dir(config)))
+    assert "serving_default" in exported.signatures
+    batch = _phantom_batch(loaded.metadata)
+    np.testing.assert_allclose(np.asarray(exported.serve(tf.constant(batch))),
+                               loaded.predict(batch), atol=1e-5)
+    outputs = exported.signatures["serving_default"](tf.constant(batch))
+    np.testing.assert_allclose(np.asarray(next(iter(outputs.values()))), loaded.predict(batch),
+                               atol=1e-5)
