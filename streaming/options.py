@@ -73,6 +73,9 @@ class StreamingOptions(PipelineOptions):
                            help="model to serve (default: %(default)s)")
         model.add_argument("--model_version", default=None,
                            help="pin a version instead of following the production pointer")
+        model.add_argument("--model_poll_s", type=float, default=2.0,
+                           help="how often the job checks the registry's production pointer "
+                                "for a newly promoted version to swap to (default: %(default)s)")
         model.add_argument("--min_batch_size", type=int, default=None,
                            help="smallest inference batch (default: --max_batch_size). Batches "
                                 "never wait across bundles: a bundle's last batch may be "
@@ -114,6 +117,7 @@ class JobSettings:
     model_registry: str
     model_name: str
     model_version: str | None
+    model_poll_s: float
     min_batch_size: int
     max_batch_size: int
     share_model_across_processes: bool
@@ -157,6 +161,8 @@ def job_settings(options: PipelineOptions) -> JobSettings:
         raise OptionsError("--model_registry is required: the folder (or gs:// URI) that "
                            "`medimg train --model_registry DIR` wrote the model to")
     min_batch_size = o.max_batch_size if o.min_batch_size is None else o.min_batch_size
+    if o.model_poll_s <= 0:
+        raise OptionsError(f"--model_poll_s must be positive, got {o.model_poll_s}")
     for name in ("max_batch_size", "topic_partitions", "max_event_bytes",
                  "max_file_bytes", "max_frame_pixels", "max_frames", "poll_timeout_ms",
                  "max_records_per_bundle"):
@@ -185,7 +191,8 @@ def job_settings(options: PipelineOptions) -> JobSettings:
         startup_timeout_s=o.startup_timeout_s,
         poll_timeout_ms=o.poll_timeout_ms, max_records_per_bundle=o.max_records_per_bundle,
         model_registry=o.model_registry, model_name=o.model_name,
-        model_version=o.model_version, min_batch_size=min_batch_size,
+        model_version=o.model_version, model_poll_s=o.model_poll_s,
+        min_batch_size=min_batch_size,
         max_batch_size=o.max_batch_size,
         share_model_across_processes=o.share_model_across_processes,
         access=AccessPolicy(allowed_roots=allowed_roots(o.allowed_roots)),

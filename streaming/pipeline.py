@@ -139,7 +139,8 @@ def build_pipeline(pipeline: beam.Pipeline, settings: JobSettings) -> None:
     handler = KerasModelHandler(
         settings.model_registry, settings.model_name, settings.model_version,
         min_batch_size=settings.min_batch_size, max_batch_size=settings.max_batch_size,
-        share_across_processes=settings.share_model_across_processes)
+        share_across_processes=settings.share_model_across_processes,
+        poll_s=settings.model_poll_s)
 
     records = pipeline | "ReadImageEvents" >> ReadFromKafka(settings.reader)
     events = records | "ParseEvents" >> beam.ParDo(ParseEvents(settings)).with_outputs(

@@ -133,18 +133,34 @@ def test_metadata_breaking_its_contract_cannot_be_registered(tmp_path):
     assert registry.versions(MODEL_NAME) == []
 
 
-def test_non_finite_or_out_of_range_scores_are_failures_not_findings(tmp_path, rng):
+def test_a_model_producing_non_probabilities_is_refused_at_load(tmp_path):
     import keras  # noqa: PLC0415
 
     registry = ModelRegistry(str(tmp_path / "registry"))
-    # A linear output can leave [0, 1]; a huge bias turns into inf/NaN after softmax-free math.
+    # A linear output layer: scores outside [0, 1], caught by the load-time probe.
     linear = keras.Sequential([keras.Input((28, 28, 1)), keras.layers.Flatten(),
-                               keras.layers.Dense(2, kernel_initializer="ones",
-                                                  bias_initializer=keras.initializers.Constant(
-                                                      np.float32(np.inf)))])
+                               keras.layers.Dense(2, kernel_initializer="ones")])
     record = register(registry, tmp_path / "s", linear)
-    results = ModelServer(load_model(registry, MODEL_NAME, record.version)).score(
-        [an_image(rng)])
+    with pytest.raises(ModelRefused, match="not probabilities"):
+        load_model(registry, MODEL_NAME, record.version)
+
+
+def test_non_finite_scores_on_some_images_are_failures_not_findings(tmp_path, rng):
+    import keras  # noqa: PLC0415
+
+    registry = ModelRegistry(str(tmp_path / "registry"))
+    # Finite on the load-time probe (all 0.5) but overflowing to NaN on a bright image.
+    kernel = np.zeros((28 * 28, 2), np.float32)
+    kernel[:, 0] = 5e35  # 392 x 5e35 fits in float32; 784 x 5e35 overflows to infinity
+    model = keras.Sequential([
+        keras.Input((28, 28, 1)), keras.layers.Flatten(),
+        keras.layers.Dense(2, activation="softmax",
+                           kernel_initializer=keras.initializers.Constant(kernel))])
+    record = register(registry, tmp_path / "s", model)
+    server = ModelServer(load_model(registry, MODEL_NAME, record.version))
+    bright = ImageToScore("bright", DecodedImage(np.ones((28, 28), np.float32), "MONOCHROME2"),
+                          "CR", "CHEST")
+    results = server.score([bright, an_image(rng)])
     assert results[0].status == Scoring.FAILED
     assert "non-finite" in results[0].failure
 

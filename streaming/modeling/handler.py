@@ -6,8 +6,10 @@ through Keras 3 itself, so it runs on whatever backend ``KERAS_BACKEND`` names.
 
 RunInference loads the model once per worker (or once per machine with
 ``share_across_processes``, through Beam's multi-process shared model) and batches
-elements between ``min_batch_size`` and ``max_batch_size``. Each
-``PredictionResult.model_id`` names the version that produced it.
+elements between ``min_batch_size`` and ``max_batch_size``. Unless a version is
+pinned it follows the registry's production pointer and hot-swaps between batches
+(streaming/modeling/serving.py). Each ``PredictionResult.model_id`` names the version
+that produced it.
 """
 
 from __future__ import annotations
@@ -17,15 +19,14 @@ from typing import Any, Iterable, Optional, Sequence
 from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
-from streaming.modeling.loading import load_model
-from streaming.modeling.registry import ModelRegistry
 from streaming.modeling.scoring import ImageToScore, ModelServer, Scoring
+from streaming.modeling.serving import DEFAULT_POLL_S, serve
 
 
 class KerasModelHandler(ModelHandler[ImageToScore, Scoring, ModelServer]):
     def __init__(self, model_registry: str, model_name: str, model_version: str | None = None,
                  *, min_batch_size: int = 1, max_batch_size: int = 32,
-                 share_across_processes: bool = False):
+                 share_across_processes: bool = False, poll_s: float = DEFAULT_POLL_S):
         if not 1 <= min_batch_size <= max_batch_size:
             raise ValueError(f"need 1 <= min_batch_size ({min_batch_size}) <= "
                              f"max_batch_size ({max_batch_size})")
@@ -37,11 +38,12 @@ class KerasModelHandler(ModelHandler[ImageToScore, Scoring, ModelServer]):
         self._min_batch_size = min_batch_size
         self._max_batch_size = max_batch_size
         self._share = share_across_processes
+        self._poll_s = poll_s
+        self._seen = (0, 0)
 
     def load_model(self) -> ModelServer:
-        registry = ModelRegistry(self._registry_root)
-        version = registry.resolve(self._model_name, self._model_version)
-        return ModelServer(load_model(registry, self._model_name, version))
+        return serve(self._registry_root, self._model_name, self._model_version,
+                     poll_s=self._poll_s)
 
     def run_inference(self, batch: Sequence[ImageToScore], model: ModelServer,
                       inference_args: Optional[dict[str, Any]] = None
@@ -49,8 +51,18 @@ class KerasModelHandler(ModelHandler[ImageToScore, Scoring, ModelServer]):
         scorings = model.score(list(batch))
         for scoring in scorings:
             Metrics.counter("medimg.inference", scoring.status).inc()
+        self._count_model_changes(model.counts())
         return [PredictionResult(item.context, scoring, scoring.model_id)
                 for item, scoring in zip(batch, scorings)]
+
+    def _count_model_changes(self, counts: tuple[int, int]) -> None:
+        swaps, refusals = counts
+        last_swaps, last_refusals = self._seen
+        if swaps > last_swaps:
+            Metrics.counter("medimg.model", "swaps").inc(swaps - last_swaps)
+        if refusals > last_refusals:
+            Metrics.counter("medimg.model", "refused").inc(refusals - last_refusals)
+        self._seen = (swaps, refusals)
 
     def get_num_bytes(self, batch: Sequence[ImageToScore]) -> int:
         return sum(item.image.pixels.nbytes for item in batch)

@@ -37,11 +37,20 @@ class LoadedModel:
 
 
 def load_model(registry: ModelRegistry, name: str, version: str) -> LoadedModel:
-    """Load one registered version and check that it agrees with its own metadata."""
+    """Load one registered version and check that it agrees with its own metadata.
+
+    Raises ModelRefused for a model that must not serve; registry errors pass through.
+    """
     metadata = registry.metadata(name, version)
-    keras_model = _load_keras(registry.model_uri(name, version))
+    try:
+        keras_model = _load_keras(registry.model_uri(name, version))
+    except Exception as error:  # noqa: BLE001 - any failure to load means: do not serve it
+        raise ModelRefused(f"{metadata.model_id} cannot be loaded "
+                           f"({type(error).__name__})") from error
     check_agrees_with_metadata(keras_model, metadata)
-    return LoadedModel(metadata=metadata, keras_model=keras_model)
+    loaded = LoadedModel(metadata=metadata, keras_model=keras_model)
+    check_outputs(loaded)
+    return loaded
 
 
 def _load_keras(uri: str):
@@ -71,3 +80,19 @@ def check_agrees_with_metadata(keras_model, metadata: ModelMetadata) -> None:
         raise ModelRefused(
             f"{metadata.model_id}: model outputs {output_shape} but the metadata names "
             f"{len(metadata.classes)} classes")
+
+
+def check_outputs(loaded: LoadedModel) -> None:
+    """Refuse a model whose output on a plain input is not one probability per class."""
+    probe = np.full((2, *loaded.metadata.preprocessing.input_shape), 0.5, dtype=np.float32)
+    try:
+        outputs = loaded.predict(probe)
+    except Exception as error:  # noqa: BLE001
+        raise ModelRefused(f"{loaded.metadata.model_id} fails on a probe input "
+                           f"({type(error).__name__})") from error
+    if outputs.shape != (2, len(loaded.metadata.classes)):
+        raise ModelRefused(f"{loaded.metadata.model_id} returns shape {outputs.shape} for 2 "
+                           f"images; expected (2, {len(loaded.metadata.classes)})")
+    if not np.all(np.isfinite(outputs)) or np.any(outputs < 0) or np.any(outputs > 1):
+        raise ModelRefused(f"{loaded.metadata.model_id} returns scores that are not "
+                           "probabilities (NaN, infinite or outside [0, 1]) on a probe input")

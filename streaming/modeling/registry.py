@@ -3,13 +3,19 @@
 Layout, one folder per model name, integer version folders (the layout TF Serving
 loads, so the same tree can back a TF Serving deployment)::
 
-    <root>/<name>/1/model.keras
-    <root>/<name>/1/metadata.json
-    <root>/<name>/production.json        {"version": "1", "updated_at": ...}
-    <root>/<name>/last_known_good.json   newest version the serving path loaded
+    <root>/<name>/1/model.keras          the model (Keras 3)
+    <root>/<name>/1/architecture.json    model.to_json(), with model.weights.h5
+    <root>/<name>/1/saved_model.pb       TensorFlow SavedModel export (+ variables/)
+    <root>/<name>/1/metadata.json        written last: the version exists once it is there
+    <root>/<name>/1/status.json          candidate, promoted or rejected, and why
+    <root>/<name>/production.json        {"version": "1", "history": [...], ...}
+    <root>/<name>/last_known_good.json   the version the serving path last loaded
+    <root>/tf_serving.config             ModelServerConfig serving each production version
 
 Pointers are whole small files replaced atomically (rename locally; object stores
-replace an object in one step), so a reader never sees half a pointer.
+replace an object in one step), so a reader never sees half a pointer. TF Serving
+would serve the newest integer folder by default, rejected ones included; the
+generated tf_serving.config pins it to production (``--model_config_file``).
 """
 
 from __future__ import annotations
@@ -27,6 +33,10 @@ from streaming.modeling.metadata import ModelMetadata, utc_now
 
 MODEL_FILE = "model.keras"
 METADATA_FILE = "metadata.json"
+STATUS_FILE = "status.json"
+TF_SERVING_CONFIG = "tf_serving.config"
+CANDIDATE, PROMOTED, REJECTED = "candidate", "promoted", "rejected"
+HISTORY_LENGTH = 20
 PRODUCTION = "production"
 LAST_KNOWN_GOOD = "last_known_good"
 POINTERS = (PRODUCTION, LAST_KNOWN_GOOD)
@@ -122,7 +132,75 @@ class ModelRegistry:
                 f"`medimg train --data DIR_OR_NPZ --model_registry {self.root}`")
         return production
 
+    def pointer_document(self, name: str, pointer: str = PRODUCTION) -> dict | None:
+        text = self._read_text(self._join(name, f"{pointer}.json"))
+        return None if text is None else json.loads(text)
+
+    def status(self, name: str, version: str) -> dict:
+        """{"state": candidate | promoted | rejected, "reason": ..., ...} of one version."""
+        text = self._read_text(self._join(name, str(version), STATUS_FILE))
+        return json.loads(text) if text else {"state": CANDIDATE}
+
     # -- writing -----------------------------------------------------------------
+
+    def set_status(self, name: str, version: str, state: str, reason: str, **details) -> None:
+        if state not in (CANDIDATE, PROMOTED, REJECTED):
+            raise ValueError(f"unknown state {state!r}")
+        self.metadata(name, version)
+        document = {"state": state, "reason": reason, "updated_at": utc_now(), **details}
+        self._write_atomically(self._join(name, str(version), STATUS_FILE),
+                               json.dumps(document, indent=2).encode("utf-8"))
+
+    def promote(self, name: str, version: str, reason: str) -> None:
+        """Make ``version`` production, remembering the one it replaces for rollback."""
+        if self.status(name, version)["state"] == REJECTED:
+            raise RegistryError(f"{name} version {version} was rejected "
+                                f"({self.status(name, version).get('reason')}); it cannot "
+                                "become production")
+        current = self.pointer_document(name, PRODUCTION) or {}
+        history = list(current.get("history", []))
+        if current.get("version") and current["version"] != str(version):
+            history = ([current["version"]] + history)[:HISTORY_LENGTH]
+        self.set_status(name, version, PROMOTED, reason)
+        self.set_pointer(name, version, PRODUCTION, reason=reason, history=history)
+        self.write_tf_serving_config()
+
+    def rollback(self, name: str, to: str | None = None) -> str:
+        """Point production back at the previous version (or ``to``); returns it."""
+        current = self.pointer_document(name, PRODUCTION)
+        if current is None:
+            raise RegistryError(f"model {name!r} has no production version to roll back")
+        history = list(current.get("history", []))
+        if to is None:
+            if not history:
+                raise RegistryError(f"{name} version {current['version']} is the first "
+                                    "production version; there is nothing to roll back to")
+            to = history.pop(0)
+        elif str(to) in history:
+            history.remove(str(to))
+        if self.status(name, to)["state"] == REJECTED:
+            raise RegistryError(f"{name} version {to} was rejected; roll back to another one")
+        self.set_pointer(name, to, PRODUCTION, history=history,
+                         reason=f"rollback from version {current['version']}")
+        self.write_tf_serving_config()
+        return str(to)
+
+    def write_tf_serving_config(self) -> None:
+        """tf_serving.config: each model's production version, for TF Serving."""
+        entries = []
+        for name in self.model_names():
+            version = self.production(name)
+            if version is None:
+                continue
+            entries.append(
+                "  config {\n"
+                f'    name: "{name}"\n'
+                f'    base_path: "{self._join(name)}"\n'
+                '    model_platform: "tensorflow"\n'
+                f"    model_version_policy {{ specific {{ versions: {int(version)} }} }}\n"
+                "  }\n")
+        text = "model_config_list {\n" + "".join(entries) + "}\n"
+        self._write_atomically(self._join(TF_SERVING_CONFIG), text.encode("utf-8"))
 
     def set_pointer(self, name: str, version: str, pointer: str = PRODUCTION,
                     **details) -> None:

@@ -8,6 +8,8 @@ another model's weights.
 from __future__ import annotations
 
 import dataclasses
+import logging
+import threading
 from typing import Any, Sequence
 
 import numpy as np
@@ -16,6 +18,8 @@ from streaming.imaging.preprocessing import preprocess
 from streaming.imaging.types import DecodedImage
 from streaming.modeling.loading import LoadedModel
 from streaming.modeling.metadata import Decision
+
+LOG = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(eq=False)
@@ -52,16 +56,59 @@ class Scoring:
 
 
 class ModelServer:
-    """Scores batches with one loaded model version."""
+    """Scores batches with one loaded model version at a time.
+
+    A ``ProductionWatcher`` may ``offer`` a newly promoted version, loaded and checked
+    in its own thread; the swap happens under the lock, between two batches, so a
+    batch is never scored half by one version and half by another.
+    """
 
     def __init__(self, loaded: LoadedModel):
         self.loaded = loaded
+        self._lock = threading.Lock()
+        self._offered: LoadedModel | None = None
+        self.swaps = 0
+        self.refused: dict[str, str] = {}  # version -> why it may not serve
+        self.on_swap = None  # called with the new LoadedModel after each swap
+        self.watcher = None  # the ProductionWatcher feeding offers, if any
 
     @property
     def model_id(self) -> str:
         return self.loaded.metadata.model_id
 
+    @property
+    def version(self) -> str:
+        return self.loaded.metadata.version
+
+    def offer(self, loaded: LoadedModel | None) -> None:
+        """Serve ``loaded`` from the next batch on (None withdraws an earlier offer)."""
+        self._offered = loaded
+
+    def counts(self) -> tuple[int, int]:
+        """(swaps so far, versions refused so far): for the job's counters."""
+        return self.swaps, len(self.refused)
+
+    def offered_version(self) -> str | None:
+        offered = self._offered
+        return offered.metadata.version if offered else None
+
+    def _swap_if_offered(self) -> None:
+        offered, self._offered = self._offered, None
+        if offered is None or offered.metadata.version == self.version:
+            return
+        LOG.info("serving a new model version", extra={"from": self.model_id,
+                                                      "to": offered.metadata.model_id})
+        self.loaded = offered
+        self.swaps += 1
+        if self.on_swap:
+            self.on_swap(offered)
+
     def score(self, batch: Sequence[ImageToScore]) -> list[Scoring]:
+        with self._lock:
+            self._swap_if_offered()
+            return self._score(batch)
+
+    def _score(self, batch: Sequence[ImageToScore]) -> list[Scoring]:
         metadata = self.loaded.metadata
         common = {"model_name": metadata.name, "model_version": metadata.version}
         results: list[Scoring | None] = [None] * len(batch)
