@@ -35,6 +35,7 @@ EXTRAS = {
         "tensorflow>=2.21,<2.22",
         "tfx-bsl>=1.21,<1.22",
         "matplotlib>=3.11,<4",
+        "scikit-learn>=1.9,<2",
     ],
     "airflow": [
         "apache-airflow>=3.3.2,<4",

@@ -132,24 +132,53 @@ def cmd_findings(args) -> int:
 
 
 def cmd_train(args) -> int:
-    from batch_training.train import TrainingConfig, train_and_register  # noqa: PLC0415
+    import dataclasses  # noqa: PLC0415
+    from batch_training.promotion import GatePolicy  # noqa: PLC0415
+    from batch_training.recipe import run_recipe  # noqa: PLC0415
+    from batch_training.train import TrainingConfig  # noqa: PLC0415
     from streaming.modeling.registry import RegistryError  # noqa: PLC0415
     height, width = _input_size(args.input_size)
-    config = TrainingConfig(
-        data=args.data, model_registry=args.model_registry, model_name=args.model_name,
-        architecture=args.architecture, height=height, width=width, channels=args.channels,
-        epochs=args.epochs, batch_size=args.batch_size, seed=args.seed,
-        modalities=tuple(args.modalities.split(",")),
-        body_parts=tuple(p for p in args.body_parts.split(",") if p),
-        class_names=tuple(args.class_names.split(",")) if args.class_names else None,
-        promote=args.promote)
+    given = {name: getattr(args, name) for name in ("epochs", "batch_size")
+             if getattr(args, name) is not None}
     try:
-        metadata = train_and_register(config)
+        config = TrainingConfig(
+            data=args.data, model_registry=args.model_registry, model_name=args.model_name,
+            architecture=args.architecture, height=height, width=width,
+            channels=args.channels, seed=args.seed,
+            modalities=tuple(args.modalities.split(",")),
+            body_parts=tuple(p for p in args.body_parts.split(",") if p),
+            class_names=tuple(args.class_names.split(",")) if args.class_names else None,
+            target_sensitivity=args.target_sensitivity, promote="never", **given)
+        policy = dataclasses.replace(GatePolicy(), target_sensitivity=args.target_sensitivity,
+                                     auc_tolerance=args.auc_tolerance)
+        decision = run_recipe(config, labels_csv=args.labels_csv, policy=policy)
     except (FileNotFoundError, RegistryError, ValueError) as error:
         raise CliError(str(error)) from None
-    print(json.dumps({"model": metadata.name, "version": metadata.version,
-                      "metrics": metadata.extra.get("metrics", {})}, indent=2))
+    print(json.dumps(decision.to_dict(), indent=2))
+    return 0 if decision.promoted else 1
+
+
+def cmd_evaluate(args) -> int:
+    from batch_training.evaluation import run_evaluate  # noqa: PLC0415
+    from streaming.modeling.loading import ModelRefused  # noqa: PLC0415
+    from streaming.modeling.registry import RegistryError  # noqa: PLC0415
+    try:
+        run_evaluate(args.model_registry, args.model_name, args.model, args.data, args.split,
+                     json_path=args.json, report_dir=args.report,
+                     class_names=args.class_names.split(",") if args.class_names else None)
+    except (FileNotFoundError, RegistryError, ModelRefused, ValueError) as error:
+        raise CliError(str(error)) from None
     return 0
+
+
+def cmd_models(args) -> int:
+    from streaming import registry_view  # noqa: PLC0415
+    from streaming.modeling.loading import ModelRefused  # noqa: PLC0415
+    from streaming.modeling.registry import RegistryError  # noqa: PLC0415
+    try:
+        return registry_view.run(args)
+    except (RegistryError, ModelRefused, ValueError) as error:
+        raise CliError(str(error)) from None
 
 
 def cmd_demo(args) -> int:
@@ -235,17 +264,25 @@ def build_parser() -> argparse.ArgumentParser:
     findings.add_argument("--dead_letters", action="store_true",
                           help="also show the dead-letter topic")
 
-    train = commands.add_parser("train", help="train a model and register it")
+    train = commands.add_parser(
+        "train", help="train, evaluate and gate a model; promote it if it earns it",
+        description="The full recipe: the Beam preprocessing pipeline, training, "
+                    "evaluation and the promotion gate (the nightly DAG runs the same). "
+                    "Exit status 1 when the gate rejects the new version.")
     train.add_argument("--data", required=True,
-                       help="a MedMNIST-style .npz, or a folder <split>/<class>/*.png|jpg|dcm")
+                       help="a MedMNIST-style .npz, a folder <split>/<class>/*.png|jpg|dcm, "
+                            "or a DICOM folder with --labels_csv")
+    train.add_argument("--labels_csv", default=None,
+                       help="CSV with path,label[,split] for a folder of DICOM files")
     train.add_argument("--model_registry", required=True, help="registry folder or URI")
     train.add_argument("--model_name", default="pneumonia-cnn")
     train.add_argument("--architecture", default="compact_cnn",
                        choices=("compact_cnn", "residual_net", "resnet50"))
     train.add_argument("--input_size", default="28", help="28 or HEIGHTxWIDTH (default: 28)")
     train.add_argument("--channels", type=int, choices=(1, 3), default=1)
-    train.add_argument("--epochs", type=int, default=10)
-    train.add_argument("--batch_size", type=int, default=64)
+    train.add_argument("--epochs", type=int, default=None,
+                       help="most epochs (early stopping on validation AUC may end sooner)")
+    train.add_argument("--batch_size", type=int, default=None)
     train.add_argument("--seed", type=int, default=1234)
     train.add_argument("--modalities", default="CR,DX",
                        help="modalities the model applies to (default: %(default)s)")
@@ -253,9 +290,44 @@ def build_parser() -> argparse.ArgumentParser:
                        help="body parts it applies to; empty for any (default: %(default)s)")
     train.add_argument("--class_names", default=None,
                        help="comma-separated names for label 0, 1, ... of an .npz")
-    train.add_argument("--promote", choices=("if_none", "always", "never"), default="if_none",
-                       help="move the production pointer to the new version "
-                            "(default: only when there is none)")
+    train.add_argument("--target_sensitivity", type=float, default=0.95,
+                       help="the gate's sensitivity target at the chosen threshold")
+    train.add_argument("--auc_tolerance", type=float, default=0.01,
+                       help="how far below production's AUC a new version may be")
+
+    evaluate = commands.add_parser("evaluate", help="evaluate a registered model on labeled data")
+    evaluate.add_argument("--model_registry", required=True)
+    evaluate.add_argument("--model_name", default="pneumonia-cnn")
+    evaluate.add_argument("--model", default=None, help="version (default: production)")
+    evaluate.add_argument("--data", required=True, help="an .npz or a <split>/<class>/ folder")
+    evaluate.add_argument("--split", default="val",
+                          help="which split: <split>_images/_labels of an .npz, or the "
+                               "<split>/ folder (default: %(default)s)")
+    evaluate.add_argument("--json", default=None, help="write the metrics here as JSON")
+    evaluate.add_argument("--report", default=None,
+                          help="write ROC, calibration and confusion plots and report.md here")
+    evaluate.add_argument("--class_names", default=None,
+                          help="comma-separated names for label 0, 1, ... of an .npz")
+
+    models = commands.add_parser("models", help="list, show, promote or roll back model versions")
+    models_commands = models.add_subparsers(dest="models_command", metavar="ACTION",
+                                            required=True)
+    for action, text in (("list", "versions with their state and metrics"),
+                         ("show", "one version's metadata and status"),
+                         ("promote", "make a version production (after the serving check)"),
+                         ("rollback", "put the previous production version back")):
+        sub = models_commands.add_parser(action, help=text)
+        sub.add_argument("--model_registry", required=True)
+        sub.add_argument("--model_name", default="pneumonia-cnn")
+        if action in ("show", "promote"):
+            sub.add_argument("version")
+        if action == "promote":
+            sub.add_argument("--data", default=None,
+                             help="validation data: run the full gate instead of the "
+                                  "serving check alone")
+            sub.add_argument("--reason", default="promoted by an operator")
+        if action == "rollback":
+            sub.add_argument("--to", default=None, help="a version (default: the previous one)")
     return parser
 
 
@@ -270,7 +342,8 @@ def main(argv: list[str] | None = None) -> int:
     else:
         args = parser.parse_args(argv)
         handlers = {"broker": cmd_broker, "publish": cmd_publish, "findings": cmd_findings,
-                    "train": cmd_train, "demo": cmd_demo}
+                    "train": cmd_train, "evaluate": cmd_evaluate, "models": cmd_models,
+                    "demo": cmd_demo}
         if args.command is None:
             parser.print_help()
             return EXIT_USAGE

@@ -80,6 +80,13 @@ def _upper_or_none(value) -> str | None:
     return value or None
 
 
+def path_uids(path: Path) -> dict[str, str]:
+    """UIDs derived from a file's location, for files whose header names none."""
+    return {"study_instance_uid": generate_uid(entropy_srcs=[str(path.parent)]),
+            "series_instance_uid": generate_uid(entropy_srcs=[str(path.parent), "series"]),
+            "sop_instance_uid": generate_uid(entropy_srcs=[str(path)])}
+
+
 def event_for_file(path: Path, *, sender: str, priority: str = "routine",
                    modality: str = "OT", with_sha256: bool = True) -> ImageEvent:
     """The event a modality would send for one file (ValueError when it is not an image)."""
@@ -101,10 +108,7 @@ def event_for_file(path: Path, *, sender: str, priority: str = "routine",
         modality = _upper_or_none(header.get("Modality")) or modality
         body_part = _upper_or_none(header.get("BodyPartExamined"))
     else:
-        uids = {"study_instance_uid": generate_uid(entropy_srcs=[str(path.parent)]),
-                "series_instance_uid": generate_uid(entropy_srcs=[str(path.parent), "series"]),
-                "sop_instance_uid": generate_uid(entropy_srcs=[str(path)])}
-        body_part = None
+        uids, body_part = path_uids(path), None
     event = new_event(**uids, modality=modality, uri=str(path), content_type=content_type,
                       sender=sender, priority=priority,
                       sha256=_sha256(path) if with_sha256 else None,

@@ -1,0 +1,119 @@
+"""The retraining recipe: preprocess, train, evaluate, gate, promote.
+
+One implementation for both callers: ``medimg train`` runs it in one go, and the
+nightly Airflow DAG runs the same steps as separate tasks. Each step takes and
+returns plain values (paths, versions, dicts) so Airflow can pass them between tasks.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import tempfile
+from pathlib import Path
+
+from batch_training.datasets import fingerprint_source
+from batch_training.evaluation import evaluate_version, write_report
+from batch_training.preprocess import run_preprocessing
+from batch_training.promotion import GateDecision, GatePolicy, gate
+from batch_training.train import TrainingConfig, train_and_register
+from streaming.modeling.registry import ModelRegistry
+
+LOG = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class DataCheck:
+    fingerprint: str
+    production_version: str | None
+    production_fingerprint: str | None
+
+    @property
+    def unchanged(self) -> bool:
+        return self.production_fingerprint is not None and (
+            self.fingerprint == self.production_fingerprint)
+
+    def explain(self) -> str:
+        if self.unchanged:
+            return (f"the data fingerprint {self.fingerprint[:19]}... is the one production "
+                    f"version {self.production_version} was trained on; nothing new to learn "
+                    "from (set force to retrain anyway)")
+        return f"new data fingerprint {self.fingerprint[:19]}..."
+
+
+def check_data(data: str, model_registry: str, model_name: str,
+               labels_csv: str | None = None) -> DataCheck:
+    """Has the labeled data changed since the production model was trained?"""
+    registry = ModelRegistry(model_registry)
+    production = registry.production(model_name)
+    trained_on = (registry.metadata(model_name, production).extra.get("data_fingerprint")
+                  if production else None)
+    return DataCheck(fingerprint_source(data, labels_csv), production, trained_on)
+
+
+def preprocess(config: TrainingConfig, shards_dir: str, labels_csv: str | None = None) -> str:
+    """The Beam batch pipeline: the labeled data -> TFRecord shards in ``shards_dir``."""
+    run_preprocessing(config.data, shards_dir, config.preprocessing, labels_csv=labels_csv,
+                      class_names=config.class_names)
+    return shards_dir
+
+
+def train(config: TrainingConfig, shards_dir: str, progress: bool = True) -> str:
+    """Train on the shards and register the result as a candidate; returns its version."""
+    record = train_and_register(dataclasses.replace(config, data=shards_dir, promote="never"),
+                                progress=progress)
+    return record.version
+
+
+def evaluate_candidate(model_registry: str, model_name: str, version: str, data: str,
+                       class_names=None) -> dict:
+    """Validation metrics of a candidate, with its report (plots, report.md) in its folder."""
+    registry = ModelRegistry(model_registry)
+    result, labels, scores = evaluate_version(model_registry, model_name, version, data, "val",
+                                              class_names=class_names)
+    version_dir = registry.version_uri(model_name, version)
+    if "://" not in version_dir:  # object stores: the training report is already there
+        write_report(result, labels, scores, Path(version_dir) / "evaluation",
+                     title=f"{model_name}/{version} on {Path(data).name} (validation)")
+    return result.to_dict()
+
+
+def run_recipe(config: TrainingConfig, *, labels_csv: str | None = None, force: bool = True,
+               policy: GatePolicy = GatePolicy(), work_dir: str | None = None,
+               progress: bool = True) -> GateDecision | DataCheck:
+    """Everything in one go; returns the gate's decision, or the DataCheck when skipped."""
+    if not force:
+        data_check = check_data(config.data, config.model_registry, config.model_name,
+                                labels_csv)
+        LOG.info(data_check.explain())
+        if data_check.unchanged:
+            return data_check
+    with tempfile.TemporaryDirectory(prefix="medimg-shards-", dir=work_dir) as scratch:
+        shards = preprocess(config, str(Path(scratch) / "shards"), labels_csv)
+        version = train(config, shards, progress)
+    return gate(config.model_registry, config.model_name, version, config.data, policy,
+                class_names=config.class_names)
+
+
+def config_from_params(params: dict) -> TrainingConfig:
+    """A TrainingConfig from a DAG run's params (strings and numbers from the UI or CLI)."""
+    height, width = (int(v) for v in str(params.get("input_size", "28x28")).lower().split("x"))
+    return TrainingConfig(
+        data=params["data"], model_registry=params["model_registry"],
+        model_name=params.get("model_name", "pneumonia-cnn"),
+        architecture=params.get("architecture", "compact_cnn"), height=height, width=width,
+        channels=int(params.get("channels", 1)), epochs=int(params.get("epochs", 40)),
+        batch_size=int(params.get("batch_size", 64)),
+        augmentation=bool(params.get("augmentation", True)),
+        target_sensitivity=float(params.get("target_sensitivity", 0.95)),
+        seed=int(params.get("seed", 1234)),
+        modalities=tuple(params.get("modalities", ["CR", "DX"])),
+        body_parts=tuple(params.get("body_parts", ["CHEST"])),
+        class_names=tuple(params["class_names"]) if params.get("class_names") else None,
+        promote="never")
+
+
+def policy_from_params(params: dict) -> GatePolicy:
+    return GatePolicy(auc_tolerance=float(params.get("auc_tolerance", 0.01)),
+                      target_sensitivity=float(params.get("target_sensitivity", 0.95)),
+                      first_model_auc_floor=float(params.get("first_model_auc_floor", 0.80)))
