@@ -9,6 +9,8 @@ produce) and a ResNet-50 at 224x224, measured in one run on the same machine:
    publisher can, throughput = events / (first publish -> last finding);
 3. latency: events offered at half that throughput for a fixed time; p50/p99 of the
    findings' ``latency_ms`` (published -> finding emitted);
+   hot swap (default model): under the same load a new version is promoted;
+   ``hot_swap_s`` = promotion -> first finding by the new version;
 4. decode: our DICOM loader against plain pydicom on the real scanner files.
 
 Prints the ratios and writes bench/results/stream.json. Targets (issue 2): end to
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import datetime
 import json
 import os
 import statistics
@@ -67,19 +70,21 @@ def percentile(values: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(values, dtype=np.float64), q))
 
 
-def register_model(registry: ModelRegistry, bench: BenchModel, workdir: Path):
+def register_model(registry: ModelRegistry, bench: BenchModel, workdir: Path,
+                   name: str | None = None, promote: bool = True, tag: str = "serve"):
     """The architecture with untrained weights: throughput does not depend on the weights."""
     from batch_training.models import build_model  # noqa: PLC0415
     model = build_model(bench.architecture, bench.spec.input_shape, 2)
-    staging = workdir / f"staging-{bench.key}"
+    staging = workdir / f"staging-{bench.key}-{tag}"
     staging.mkdir()
     model.save(staging / "model.keras")
     record = registry.register(staging, {
-        "schema_version": 1, "name": f"{MODEL_NAME}-{bench.key.replace('_', '-')}",
+        "schema_version": 1, "name": name or f"{MODEL_NAME}-{bench.key.replace('_', '-')}",
         "classes": ["normal", "lesion"], "positive_class": "lesion", "threshold": 0.5,
         "urgent_threshold": 0.9, "preprocessing": bench.spec.to_dict(),
         "applicability": {"modalities": ["CR", "DX"]}, "created_at": utc_now()})
-    registry.set_pointer(record.name, record.version)
+    if promote:
+        registry.promote(record.name, record.version, reason="benchmark")
     return model, record
 
 
@@ -115,7 +120,7 @@ def run_job(broker, registry_root: Path, record, bench: BenchModel, workdir: Pat
 
 
 def measure_stream(broker, config: KafkaConfig, registry_root: Path, record, bench: BenchModel,
-                   corpus, workdir: Path, console: Console) -> dict:
+                   corpus, workdir: Path, console: Console, hot_swap: bool = False) -> dict:
     job, topics = run_job(broker, registry_root, record, bench, workdir, "e2e")
     try:
         ensure_topics(config, {t: 3 for t in topics.values()})
@@ -149,13 +154,49 @@ def measure_stream(broker, config: KafkaConfig, registry_root: Path, record, ben
             wanted = {e.event_id for e in steady}
             latencies = [o.document["latency_ms"] for o in log.outcomes
                          if o.event_id in wanted and o.kind == "finding"]
+            swap = measure_hot_swap(config, topics, log, registry_root, record, bench, corpus,
+                                    offered, workdir, console) if hot_swap else {}
         idle_cpu = idle_cpu_share(job)
     finally:
         job.stop()
     return {"e2e_events_per_s": e2e_rate, "offered_load_eps": offered,
             "latency_p50_ms": percentile(latencies, 50),
             "latency_p99_ms": percentile(latencies, 99), "latency_samples": len(latencies),
-            "idle_cpu_share": idle_cpu}
+            "idle_cpu_share": idle_cpu, **swap}
+
+
+def measure_hot_swap(config: KafkaConfig, topics: dict, log: OutcomeLog, registry_root: Path,
+                     record, bench: BenchModel, corpus, offered: float, workdir: Path,
+                     console: Console) -> dict:
+    """Promote a new version under load: seconds until its first finding, and accounting."""
+    registry = ModelRegistry(str(registry_root))
+    _model, candidate = register_model(registry, bench, workdir, name=record.name,
+                                       promote=False, tag="swap")
+    seconds = 20.0
+    events = [restamp(corpus[i % len(corpus)]) for i in range(int(offered * seconds))]
+    console.print(f"  {bench.key}: promoting version {candidate.version} while offering "
+                  f"{offered:.1f} events/s")
+    publisher = threading.Thread(target=publish_events, args=(config, topics["events"], events),
+                                 kwargs={"rate_per_s": offered})
+    publisher.start()
+    time.sleep(seconds / 4)
+    promoted_at = time.time()
+    registry.promote(record.name, candidate.version, reason="benchmark hot swap")
+    publisher.join()
+    if not log.wait_for([e.event_id for e in events], 600):
+        raise RuntimeError("events missing during the hot swap")
+    log.drain(quiet_s=2)
+    wanted = {e.event_id for e in events}
+    swapped = [o for o in log.outcomes if o.event_id in wanted and o.kind == "finding"
+               and o.document["model"]["version"] == candidate.version]
+    first = min(parse_time(o.document["emitted_at"]) for o in swapped)
+    return {"hot_swap_s": first - promoted_at, "hot_swap_events": len(events),
+            "hot_swap_lost": len(wanted - set(log.by_event)),
+            "hot_swap_duplicated": sum(1 for e in wanted if len(log.by_event.get(e, [])) > 1)}
+
+
+def parse_time(text: str) -> float:
+    return datetime.datetime.fromisoformat(text).timestamp()
 
 
 def idle_cpu_share(job: LocalJob, seconds: float = 10.0) -> float:
@@ -194,7 +235,7 @@ def main(argv: list[str] | None = None) -> int:
             console.print(f"{bench.key}: raw predict at batch {bench.batch_size}")
             raw = raw_predict_rate(model, bench)
             stream = measure_stream(broker, config, registry_root, record, bench, corpus,
-                                    workdir, console)
+                                    workdir, console, hot_swap=bench.key == "default")
             entry = {"input_shape": list(bench.spec.input_shape), "batch_size": bench.batch_size,
                      "raw_images_per_s": raw, **stream,
                      "e2e_over_raw_ratio": stream["e2e_events_per_s"] / raw}
@@ -226,6 +267,12 @@ def report(console: Console, results: dict, chosen) -> None:
                       f"{entry['idle_cpu_share']:.1%}")
     console.print(table)
     decode = results["decode"]
+    if "hot_swap_s" in results:
+        console.print(f"hot swap under {results['offered_load_eps']:.0f} events/s: first finding "
+                      f"of the promoted version {results['hot_swap_s']:.1f} s after promotion "
+                      f"(target <= 10 s); {results['hot_swap_events']} events, "
+                      f"{results['hot_swap_lost']} lost, {results['hot_swap_duplicated']} "
+                      "duplicated")
     console.print(f"decode: {decode['decode_images_per_s']:.1f} img/s vs plain pydicom "
                   f"{decode['pydicom_images_per_s']:.1f} img/s -> ratio "
                   f"{results['decode_over_pydicom_ratio']:.2f} (target >= 0.9) over "

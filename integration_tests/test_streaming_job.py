@@ -13,7 +13,7 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from streaming import contracts
 from streaming.demo import phantoms
-from streaming.demo.scanner_files import ScannerFilesMissing, scanner_files
+from streaming.demo.reference_data import ScannerFilesMissing, scanner_files
 from streaming.events import new_event
 from streaming.imaging.decoding import decode_image_bytes
 from streaming.imaging.types import ImageLimits, ImageRejected

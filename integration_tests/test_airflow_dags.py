@@ -1,0 +1,134 @@
+"""Both DAGs on a real Airflow (SQLite in a temporary AIRFLOW_HOME), run with `airflow dags test`.
+
+The nightly retraining runs while a streaming job serves: its promotion must show
+up in the job's findings, with no event lost or repeated across the swap.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+from streaming import contracts
+from streaming.demo import phantoms
+from streaming.demo.run import DEMO_MODEL, STUDY_IMAGE_SIZE
+from streaming.kafka.admin import ensure_topics
+from streaming.modality import event_for_file, publish_events, restamp
+from streaming.modeling.registry import ModelRegistry
+from streaming.outcomes import OutcomeLog
+
+REPO = Path(__file__).resolve().parents[1]
+AIRFLOW = str(Path(sys.executable).with_name("airflow"))
+
+
+@pytest.fixture(scope="session")
+def airflow_env(tmp_path_factory) -> dict:
+    home = tmp_path_factory.mktemp("airflow-home")
+    env = {**os.environ, "AIRFLOW_HOME": str(home), "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+           "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
+           "AIRFLOW__CORE__UNIT_TEST_MODE": "False", "PYTHONPATH": str(REPO)}
+    subprocess.run([AIRFLOW, "db", "migrate"], env=env, check=True, capture_output=True,
+                   timeout=300)
+    return env
+
+
+def dags_test(env: dict, dag_id: str, conf: dict, log: Path) -> str:
+    completed = subprocess.run([AIRFLOW, "dags", "test", dag_id, "--conf", json.dumps(conf)],
+                               env=env, capture_output=True, text=True, timeout=900)
+    log.write_text(completed.stdout + completed.stderr)
+    assert completed.returncode == 0, (completed.stdout + completed.stderr)[-4000:]
+    return completed.stdout + completed.stderr
+
+
+@pytest.fixture
+def registry_copy(phantom_registry, tmp_path) -> Path:
+    """The session's phantom registry, copied: these tests promote new versions."""
+    copy = tmp_path / "registry"
+    shutil.copytree(phantom_registry, copy)
+    return copy
+
+
+@pytest.fixture
+def phantom_npz(tmp_path) -> Path:
+    return phantoms.write_phantom_npz(tmp_path / "phantoms.npz", 480, 160,
+                                      size=STUDY_IMAGE_SIZE, seed=23)
+
+
+@pytest.mark.slow
+def test_nightly_retrain_promotes_while_the_job_serves_then_skips_unchanged_data(
+        airflow_env, registry_copy, phantom_npz, kafka, topics, start_job, tmp_path):
+    registry = ModelRegistry(str(registry_copy))
+    cases = phantoms.generate_study_set(tmp_path / "studies", 8, seed=31, size=STUDY_IMAGE_SIZE)
+    chest = [event_for_file(c.path, sender="TEST") for c in cases if c.expected_label]
+    ensure_topics(kafka, {topics.events: 3})
+    job = start_job("--model_registry", str(registry_copy), "--model_poll_s", "0.5")
+    conf = {"data": str(phantom_npz), "model_registry": str(registry_copy),
+            "model_name": DEMO_MODEL, "input_size": "64x64", "epochs": 8, "batch_size": 32,
+            "augmentation": False,
+            "class_names": list(phantoms.PHANTOM_CLASSES), "work_dir": str(tmp_path / "work"),
+            "force": False}
+
+    with OutcomeLog(kafka, topics.findings, topics.dead_letters) as log:
+        first = [restamp(e) for e in chest]
+        publish_events(kafka, topics.events, first)
+        assert log.wait_for([e.event_id for e in first], 180), job.log_tail()
+        # Events keep arriving while Airflow retrains, gates and promotes.
+        during = [restamp(chest[i % len(chest)]) for i in range(400)]
+        publisher = threading.Thread(target=publish_events, args=(kafka, topics.events, during),
+                                     kwargs={"rate_per_s": 4})
+        publisher.start()
+        output = dags_test(airflow_env, "nightly_retrain", conf, tmp_path / "nightly-1.log")
+        assert registry.production(DEMO_MODEL) == "2", output[-3000:]
+        after = [restamp(e) for e in chest]
+        publish_events(kafka, topics.events, after)
+        publisher.join()
+        everything = first + during + after
+        assert log.wait_for([e.event_id for e in everything], 300), job.log_tail()
+        log.drain(quiet_s=3)
+        assert job.stop() == 0
+
+    # The job switched to the promoted version without a restart, and lost nothing.
+    versions = [o.document["model"]["version"] for e in everything for o in log.by_event[e.event_id]]
+    assert versions[:len(first)] == ["1"] * len(first)
+    assert versions[-len(after):] == ["2"] * len(after)
+    assert log.duplicates() == {}
+    status = registry.status(DEMO_MODEL, "2")
+    assert status["state"] == "promoted" and status["production_version"] == "1"
+    version_dir = registry_copy / DEMO_MODEL / "2"
+    for name in ("model.keras", "architecture.json", "model.weights.h5", "saved_model.pb",
+                 "metadata.json"):
+        assert (version_dir / name).is_file(), name
+    metadata = registry.metadata(DEMO_MODEL, "2")
+    assert metadata.extra["data_fingerprint"].startswith("sha256:")
+
+    # Same data again: the nightly run says so and trains nothing.
+    output = dags_test(airflow_env, "nightly_retrain", conf, tmp_path / "nightly-2.log")
+    assert "nothing new to learn" in output
+    assert registry.versions(DEMO_MODEL) == ["1", "2"]
+
+
+def test_batch_inference_dag_writes_findings_in_the_schema(airflow_env, phantom_registry,
+                                                           tmp_path):
+    cases = phantoms.generate_study_set(tmp_path / "studies", 4, seed=41, size=STUDY_IMAGE_SIZE)
+    (tmp_path / "studies" / "broken.dcm").write_text("not an image")
+    conf = {"studies": str(tmp_path / "studies"), "model_registry": str(phantom_registry),
+            "model_name": DEMO_MODEL, "output_dir": str(tmp_path / "findings")}
+    dags_test(airflow_env, "batch_inference", conf, tmp_path / "batch.log")
+    (run_dir,) = (tmp_path / "findings").iterdir()
+    findings = [json.loads(line) for line in (run_dir / "findings-00000-of-00001.jsonl").open()]
+    dead = [json.loads(line) for line in (run_dir / "dead_letters-00000-of-00001.jsonl").open()]
+    assert len(findings) == len(cases) and [d["reason"] for d in dead] == ["not_an_image"]
+    for finding in findings:
+        assert contracts.errors(contracts.FINDING, finding) == []
+        assert finding["model"] == {"name": DEMO_MODEL, "version": "1"}
+    truth = {c.sop_instance_uid: c.expected_label for c in cases}
+    for finding in findings:
+        expected = truth[finding["sop_instance_uid"]]
+        assert finding["status"] == ("not_applicable" if expected is None else "scored")
