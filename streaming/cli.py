@@ -158,6 +158,31 @@ def cmd_train(args) -> int:
     return 0 if decision.promoted else 1
 
 
+def cmd_reconcile(args) -> int:
+    from streaming.kafka.admin import BrokerUnavailable  # noqa: PLC0415
+    from streaming.reconcile import reconcile  # noqa: PLC0415
+    config = _kafka_config(args, "medimg-reconcile")
+    try:
+        result = reconcile(config, args.events_topic, args.findings_topic,
+                           args.dead_letter_topic, args.max_event_bytes)
+    except (BrokerUnavailable, TimeoutError) as error:
+        raise CliError(str(error)) from None
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=2))
+    else:
+        print(f"events {result.events} ({result.event_records} records), findings "
+              f"{result.findings}, dead letters {result.dead_letters}, lost {len(result.lost)}, "
+              f"duplicated {len(result.duplicated)}, outcomes without an event "
+              f"{result.unmatched_outcomes}")
+        for reason, count in result.dead_letter_reasons.items():
+            print(f"  dead letters {reason}: {count}")
+        for name in result.lost[:20]:
+            print(f"  lost: {name}")
+        for name, count in list(result.duplicated.items())[:20]:
+            print(f"  duplicated: {name} x{count}")
+    return 0 if result.ok else 1
+
+
 def cmd_evaluate(args) -> int:
     from batch_training.evaluation import run_evaluate  # noqa: PLC0415
     from streaming.modeling.loading import ModelRefused  # noqa: PLC0415
@@ -295,6 +320,17 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--auc_tolerance", type=float, default=0.01,
                        help="how far below production's AUC a new version may be")
 
+    reconcile = commands.add_parser(
+        "reconcile", help="check from the topics that every event got exactly one outcome",
+        description="Reads the events, findings and dead-letter topics from the beginning "
+                    "and reports events without an outcome (lost) and events with more "
+                    "than one (duplicated). Exit status 1 when any are found.")
+    _kafka_arguments(reconcile, "events_topic", "findings_topic", "dead_letter_topic")
+    from streaming.events import DEFAULT_MAX_EVENT_BYTES  # noqa: PLC0415
+    reconcile.add_argument("--max_event_bytes", type=int, default=DEFAULT_MAX_EVENT_BYTES,
+                           help="the job's --max_event_bytes (default: %(default)s)")
+    reconcile.add_argument("--json", action="store_true", help="print JSON")
+
     evaluate = commands.add_parser("evaluate", help="evaluate a registered model on labeled data")
     evaluate.add_argument("--model_registry", required=True)
     evaluate.add_argument("--model_name", default="pneumonia-cnn")
@@ -343,6 +379,7 @@ def main(argv: list[str] | None = None) -> int:
         args = parser.parse_args(argv)
         handlers = {"broker": cmd_broker, "publish": cmd_publish, "findings": cmd_findings,
                     "train": cmd_train, "evaluate": cmd_evaluate, "models": cmd_models,
+                    "reconcile": cmd_reconcile,
                     "demo": cmd_demo}
         if args.command is None:
             parser.print_help()

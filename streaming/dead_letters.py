@@ -15,9 +15,7 @@ import json
 import time
 import uuid
 
-from apache_beam.metrics import Metrics
-
-from streaming import contracts
+from streaming import contracts, metrics
 from streaming.reasons import Reason
 from streaming.records import OutboundRecord, SourcePosition, utc_iso
 
@@ -98,7 +96,7 @@ def dead_letter_record(rejection: Rejection, source: SourcePosition, payload: by
     document = build_dead_letter(rejection, source, payload, event_id=event_id,
                                  study_instance_uid=study_instance_uid, model=model,
                                  payload_limit=payload_limit)
-    Metrics.counter("medimg.dead_letters", document["reason"]).inc()
+    metrics.count("dead_letters", document["reason"])
     key = study_instance_uid or f"{source.topic}/{source.partition}/{source.offset}"
     return OutboundRecord(kind=OutboundRecord.DEAD_LETTER, key=key.encode("utf-8"),
                           value=json.dumps(document, separators=(",", ":")).encode("utf-8"),

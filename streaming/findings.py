@@ -10,8 +10,7 @@ import json
 import time
 import uuid
 
-from apache_beam.metrics import Metrics
-
+from streaming import metrics
 from streaming.events import ImageEvent
 from streaming.modeling.scoring import Scoring
 from streaming.records import KafkaRecord, OutboundRecord, utc_iso
@@ -61,9 +60,9 @@ def build_finding(event: ImageEvent, record: KafkaRecord, scoring: Scoring,
 
 def finding_record(event: ImageEvent, record: KafkaRecord, scoring: Scoring) -> OutboundRecord:
     document = build_finding(event, record, scoring)
-    Metrics.counter("medimg.findings", scoring.status).inc()
+    metrics.count("findings", scoring.status)
     if document["urgent"]:
-        Metrics.counter("medimg.findings", "urgent").inc()
+        metrics.count("urgent_findings")
     return OutboundRecord(kind=OutboundRecord.FINDING,
                           key=event.study_instance_uid.encode("utf-8"),
                           value=json.dumps(document, separators=(",", ":")).encode("utf-8"),

@@ -13,6 +13,7 @@ import tempfile
 
 from apache_beam.options.pipeline_options import KafkaStreamsRunnerOptions, PipelineOptions
 
+from streaming.dedup import DEFAULT_TAKEOVER_S, DEFAULT_TTL_S, RedisSettings
 from streaming.events import DEFAULT_MAX_EVENT_BYTES
 from streaming.imaging.access import AccessPolicy
 from streaming.imaging.types import ImageLimits
@@ -85,6 +86,27 @@ class StreamingOptions(PipelineOptions):
         model.add_argument("--share_model_across_processes", action="store_true",
                            help="load one model per machine, shared by its worker processes")
 
+        delivery = parser.add_argument_group("Effectively-once delivery")
+        delivery.add_argument("--redis_url", default=None,
+                              help="redis:// or rediss:// URL of the duplicate-suppression "
+                                   "store (no credentials: MEDIMG_REDIS_USERNAME/"
+                                   "MEDIMG_REDIS_PASSWORD or their _FILE variants); without "
+                                   "it delivery is at least once")
+        delivery.add_argument("--redis_ssl_cafile", default=None, help="CA bundle for rediss://")
+        delivery.add_argument("--dedup_ttl_s", type=int, default=DEFAULT_TTL_S,
+                              help="how long an event is remembered; keep it longer than the "
+                                   "events topic's retention (default: %(default)s, 7 days)")
+        delivery.add_argument("--dedup_namespace", default=None,
+                              help="key prefix in Redis (default: the consumer group)")
+        delivery.add_argument("--dedup_takeover_s", type=float, default=DEFAULT_TAKEOVER_S,
+                              help="take over another worker's unfinished claim after this "
+                                   "long (default: %(default)s)")
+
+        operations = parser.add_argument_group("Operations")
+        operations.add_argument("--metrics_port", type=int, default=None,
+                                help="serve Prometheus metrics on this port (local runner; "
+                                     "on Dataflow the same counters are Beam metrics)")
+
         images = parser.add_argument_group("Images")
         images.add_argument("--allowed_roots", default=None,
                             help="comma-separated folders or URI prefixes images may be read "
@@ -125,6 +147,8 @@ class JobSettings:
     limits: ImageLimits
     max_event_bytes: int
     dead_letter_payload_bytes: int
+    metrics_port: int | None = None
+    dedup: RedisSettings | None = None
 
     @property
     def reader(self) -> ReaderSettings:
@@ -138,7 +162,8 @@ class JobSettings:
         return WriterSettings(config=self.kafka, group_id=self.consumer_group,
                               findings_topic=self.findings_topic,
                               dead_letter_topic=self.dead_letter_topic,
-                              dead_letter_payload_bytes=self.dead_letter_payload_bytes)
+                              dead_letter_payload_bytes=self.dead_letter_payload_bytes,
+                              dedup=self.dedup)
 
 
 class OptionsError(ValueError):
@@ -177,6 +202,9 @@ def job_settings(options: PipelineOptions) -> JobSettings:
     if len(set(topics)) != 3:
         raise OptionsError("--events_topic, --findings_topic and --dead_letter_topic must differ")
     try:
+        dedup = (RedisSettings(url=o.redis_url, namespace=o.dedup_namespace or o.consumer_group,
+                               ttl_s=o.dedup_ttl_s, takeover_after_s=o.dedup_takeover_s,
+                               ssl_cafile=o.redis_ssl_cafile) if o.redis_url else None)
         kafka = KafkaConfig(bootstrap_servers=bootstrap_servers(options),
                             security_protocol=o.kafka_security_protocol,
                             sasl_mechanism=o.kafka_sasl_mechanism,
@@ -198,4 +226,5 @@ def job_settings(options: PipelineOptions) -> JobSettings:
         access=AccessPolicy(allowed_roots=allowed_roots(o.allowed_roots)),
         limits=ImageLimits(max_file_bytes=o.max_file_bytes, max_frame_pixels=o.max_frame_pixels,
                            max_frames=o.max_frames),
-        max_event_bytes=o.max_event_bytes, dead_letter_payload_bytes=o.dead_letter_payload_bytes)
+        max_event_bytes=o.max_event_bytes, dead_letter_payload_bytes=o.dead_letter_payload_bytes,
+        metrics_port=o.metrics_port, dedup=dedup)

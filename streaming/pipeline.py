@@ -13,6 +13,7 @@ own publishing step instead of being flattened into one.
 
 from __future__ import annotations
 
+import functools
 import logging
 from typing import Iterable
 
@@ -20,8 +21,9 @@ import apache_beam as beam
 from apache_beam.ml.inference.base import PredictionResult, RunInference
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
-from streaming import lifecycle, logs
+from streaming import lifecycle, logs, metrics
 from streaming.dead_letters import Rejection, Stage, dead_letter_record
+from streaming.dedup import DedupUnavailable, settle_pending, store_for
 from streaming.events import EventRejected, ReceivedEvent, parse_event
 from streaming.findings import finding_record
 from streaming.imaging.decoding import load_image
@@ -33,6 +35,7 @@ from streaming.modeling.handler import KerasModelHandler
 from streaming.modeling.registry import ModelRegistry
 from streaming.modeling.scoring import ImageToScore, Scoring
 from streaming.options import LOCAL_RUNNER, JobSettings, job_settings
+from streaming.outcomes import outcome_identities
 from streaming.reasons import Reason
 from streaming.records import KafkaRecord, OutboundRecord
 
@@ -47,6 +50,7 @@ class ParseEvents(beam.DoFn):
         self._settings = settings
 
     def process(self, record: KafkaRecord) -> Iterable:
+        metrics.count("events_consumed")
         try:
             event = parse_event(record.value, self._settings.max_event_bytes)
         except EventRejected as rejected:
@@ -172,6 +176,20 @@ def pipeline_options(argv: list[str] | None) -> PipelineOptions:
     return options
 
 
+def settle_claims(settings: JobSettings) -> None:
+    """Resolve what a killed predecessor left pending in the dedup store (see dedup.py)."""
+    try:
+        done, released = settle_pending(store_for(settings.dedup), functools.partial(
+            outcome_identities, settings.kafka, settings.findings_topic,
+            settings.dead_letter_topic))
+    except DedupUnavailable as error:
+        LOG.warning("dedup store unavailable at start; pending claims settle on a later start",
+                    extra={"error": str(error)})
+        return
+    metrics.count("dedup", "settled", done)
+    metrics.count("dedup", "released", released)
+
+
 def run(argv: list[str] | None = None) -> None:
     """Start the job and block until it is drained (SIGTERM) or fails."""
     options = pipeline_options(argv)
@@ -184,7 +202,11 @@ def run(argv: list[str] | None = None) -> None:
         ensure_topics(settings.kafka, {topic: settings.topic_partitions for topic in (
             settings.events_topic, settings.findings_topic, settings.dead_letter_topic)},
             timeout_s=settings.startup_timeout_s)
+    if settings.dedup:
+        settle_claims(settings)
     lifecycle.install_signal_handlers()
+    if settings.metrics_port:
+        metrics.serve(settings.metrics_port)
     LOG.info("streaming job starting", extra={
         "runner": options.view_as(StandardOptions).runner, "events_topic": settings.events_topic,
         "findings_topic": settings.findings_topic, "model_name": settings.model_name,

@@ -19,10 +19,12 @@ import threading
 import time
 
 import apache_beam as beam
-from apache_beam.metrics import Metrics
 from kafka import KafkaProducer
 from kafka.errors import KafkaError, MessageSizeTooLargeError, RecordListTooLargeError
 
+from streaming import metrics
+from streaming.dedup import (DedupStore, DedupUnavailable, RedisSettings, identity,
+                             store_for)
 from streaming.dead_letters import Rejection, Stage, dead_letter_record
 from streaming.kafka.config import KafkaConfig
 from streaming.kafka.ledger import ledger_for
@@ -32,7 +34,7 @@ from streaming.records import OutboundRecord
 LOG = logging.getLogger(__name__)
 
 _TOO_LARGE = (MessageSizeTooLargeError, RecordListTooLargeError)
-_MAX_BACKOFF_S = 30.0
+_MAX_BACKOFF_S = 5.0  # short enough to notice a recovered broker quickly
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,6 +45,7 @@ class WriterSettings:
     dead_letter_topic: str
     dead_letter_payload_bytes: int = 16 * 1024
     max_request_bytes: int = 1024 * 1024
+    dedup: RedisSettings | None = None  # None: at-least-once, no duplicate suppression
 
 
 _PRODUCERS: dict[tuple, KafkaProducer] = {}
@@ -77,19 +80,20 @@ class PublishToKafka(beam.DoFn):
     def setup(self):
         self._producer = shared_producer(self._settings.config, self._settings.max_request_bytes)
         self._ledger = ledger_for(self._settings.group_id)
-        self._published = {kind: Metrics.counter("medimg.published", kind)
-                           for kind in (OutboundRecord.FINDING, OutboundRecord.DEAD_LETTER)}
-        self._retries = Metrics.counter("medimg.published", "retries")
+        self._claims = Claims(self._settings.dedup, self._ledger) if self._settings.dedup else None
 
     def start_bundle(self):
-        self._in_flight: list[tuple[OutboundRecord, object]] = []
+        self._records: list[OutboundRecord] = []
 
     def process(self, record: OutboundRecord):
-        self._in_flight.append((record, self._send(record)))
+        self._records.append(record)
 
     def finish_bundle(self):
-        pending, self._in_flight = self._in_flight, []
-        attempt = 0
+        records, self._records = self._records, []
+        if self._claims is not None:
+            records = self._claims.claim(records)
+        pending = [(record, self._send(record)) for record in records]
+        acknowledged, attempt = [], 0
         while pending:
             self._producer.flush()
             retry, replaced = [], []
@@ -97,6 +101,7 @@ class PublishToKafka(beam.DoFn):
                 error = self._error(outcome)
                 if error is None:
                     self._settle(record)
+                    acknowledged.append(record)
                 elif isinstance(error, _TOO_LARGE):
                     replaced.append(self._too_large(record))
                 else:
@@ -106,6 +111,8 @@ class PublishToKafka(beam.DoFn):
                 self._wait_before_retry(attempt, retry)
             pending = [(record, self._send(record))
                        for record in replaced + [record for record, _ in retry]]
+        if self._claims is not None:
+            self._claims.done(acknowledged)
 
     # -- helpers -------------------------------------------------------------------
 
@@ -129,7 +136,7 @@ class PublishToKafka(beam.DoFn):
         return None if outcome.succeeded() else TimeoutError("not acknowledged after flush")
 
     def _settle(self, record: OutboundRecord) -> None:
-        self._published[record.kind].inc()
+        metrics.count("published", record.kind)
         self._ledger.settle(record.source)
 
     def _too_large(self, record: OutboundRecord) -> OutboundRecord:
@@ -153,11 +160,98 @@ class PublishToKafka(beam.DoFn):
     def _wait_before_retry(self, attempt: int, failures: list) -> None:
         # Never give up: a record not acknowledged is a record not committed.
         delay = min(0.5 * 2 ** (attempt - 1), _MAX_BACKOFF_S)
-        self._retries.inc(len(failures))
+        metrics.count("publish_retries", amount=len(failures))
         errors = sorted({type(error).__name__ for _, error in failures})
         LOG.warning("publishing failed; retrying", extra={
             "records": len(failures), "attempt": attempt, "backoff_s": delay, "errors": errors})
         time.sleep(delay)
+
+
+class Claims:
+    """The sink's side of streaming/dedup.py: claim before publishing, mark done after."""
+
+    def __init__(self, settings: RedisSettings, ledger):
+        self._settings = settings
+        self._ledger = ledger
+        self._mine: set[str] = set()
+
+    def claim(self, records: list[OutboundRecord]) -> list[OutboundRecord]:
+        """The records to publish; duplicates are settled here without publishing."""
+        try:
+            store = store_for(self._settings)
+            claims = store.claim_many(_identity(r) for r in records)
+            return self._resolve(store, records, claims)
+        except DedupUnavailable as error:
+            metrics.count("dedup", "unavailable", len(records))
+            LOG.warning("dedup store unavailable; publishing without duplicate suppression",
+                        extra={"records": len(records), "error": str(error)})
+            return [_marked_unavailable(record) for record in records]
+
+    def _resolve(self, store: DedupStore, records, claims) -> list[OutboundRecord]:
+        publish, seen = [], set()
+        waiting: list[OutboundRecord] = []
+        for record in records:
+            name = _identity(record)
+            claim = claims[name]
+            if claim.mine and name not in seen:
+                seen.add(name)
+                self._mine.add(name)
+                publish.append(record)
+            elif claim.mine or claim.done:
+                self._skip(record)  # its outcome exists (or is being published right here)
+            else:
+                waiting.append(record)
+        return publish + self._wait_for_holders(store, waiting, seen)
+
+    def _wait_for_holders(self, store: DedupStore, waiting, seen) -> list[OutboundRecord]:
+        """Records another process holds pending: wait for it, take over if it went quiet."""
+        publish = []
+        while waiting:
+            claims = store.claim_many(_identity(r) for r in waiting)
+            still = []
+            for record in waiting:
+                name, claim = _identity(record), claims[_identity(record)]
+                if name in seen or claim.done:
+                    self._skip(record)
+                elif claim.mine or (time.time() - (claim.since or 0)
+                                    >= self._settings.takeover_after_s
+                                    and store.take_over(claim)):
+                    if not claim.mine:
+                        metrics.count("dedup", "taken_over")
+                    seen.add(name)
+                    self._mine.add(name)
+                    publish.append(record)
+                else:
+                    still.append(record)
+            waiting = still
+            if waiting:
+                time.sleep(1.0)
+        return publish
+
+    def _skip(self, record: OutboundRecord) -> None:
+        metrics.count("dedup", "skipped")
+        self._ledger.settle(record.source)
+
+    def done(self, acknowledged: list[OutboundRecord]) -> None:
+        names = [name for name in map(_identity, acknowledged) if name in self._mine]
+        try:
+            store_for(self._settings).mark_done(names)
+        except DedupUnavailable as error:
+            # The claims stay pending; the next start settles them from the topics.
+            metrics.count("dedup", "unavailable", len(names))
+            LOG.warning("could not mark outcomes done", extra={"records": len(names),
+                                                               "error": str(error)})
+        self._mine.difference_update(names)
+
+
+def _identity(record: OutboundRecord) -> str:
+    return identity(record.event_id, record.source)
+
+
+def _marked_unavailable(record: OutboundRecord) -> OutboundRecord:
+    document = json.loads(record.value)
+    document["dedup"] = "unavailable"
+    return dataclasses.replace(record, value=json.dumps(document, separators=(",", ":")).encode())
 
 
 class WriteToKafka(beam.PTransform):

@@ -16,9 +16,9 @@ from __future__ import annotations
 
 from typing import Any, Iterable, Optional, Sequence
 
-from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
+from streaming import metrics
 from streaming.modeling.scoring import ImageToScore, ModelServer, Scoring
 from streaming.modeling.serving import DEFAULT_POLL_S, serve
 
@@ -50,7 +50,7 @@ class KerasModelHandler(ModelHandler[ImageToScore, Scoring, ModelServer]):
                       ) -> Iterable[PredictionResult]:
         scorings = model.score(list(batch))
         for scoring in scorings:
-            Metrics.counter("medimg.inference", scoring.status).inc()
+            metrics.count("inference", scoring.status)
         self._count_model_changes(model.counts())
         return [PredictionResult(item.context, scoring, scoring.model_id)
                 for item, scoring in zip(batch, scorings)]
@@ -58,10 +58,8 @@ class KerasModelHandler(ModelHandler[ImageToScore, Scoring, ModelServer]):
     def _count_model_changes(self, counts: tuple[int, int]) -> None:
         swaps, refusals = counts
         last_swaps, last_refusals = self._seen
-        if swaps > last_swaps:
-            Metrics.counter("medimg.model", "swaps").inc(swaps - last_swaps)
-        if refusals > last_refusals:
-            Metrics.counter("medimg.model", "refused").inc(refusals - last_refusals)
+        metrics.count("model", "swapped", swaps - last_swaps)
+        metrics.count("model", "refused", refusals - last_refusals)
         self._seen = (swaps, refusals)
 
     def get_num_bytes(self, batch: Sequence[ImageToScore]) -> int:

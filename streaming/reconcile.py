@@ -1,0 +1,110 @@
+"""``medimg reconcile``: did every event get exactly one finding or dead letter?
+
+An independent count, made only from the topics (never from the job's own counters):
+it reads the events, findings and dead-letter topics from the beginning up to their
+current ends, and matches events to outcomes by identity: the ``event_id`` as the job
+reads it (``parse_event``), or the source position for an event the job could not
+read (its dead letter names that position).
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import json
+import time
+
+from kafka import KafkaConsumer, TopicPartition
+
+from streaming.dedup import identity
+from streaming.events import DEFAULT_MAX_EVENT_BYTES, EventRejected, parse_event
+from streaming.kafka.admin import partitions_of
+from streaming.kafka.config import KafkaConfig
+from streaming.outcomes import outcome_identity
+from streaming.records import SourcePosition
+
+
+@dataclasses.dataclass
+class Reconciliation:
+    events: int                      # distinct events (by identity)
+    event_records: int               # records in the events topic (a resend counts twice)
+    findings: int
+    dead_letters: int
+    lost: list[str]                  # events without any outcome
+    duplicated: dict[str, int]       # events with more than one outcome
+    unmatched_outcomes: int          # outcomes for events not in the events topic
+    dead_letter_reasons: dict[str, int]
+
+    @property
+    def ok(self) -> bool:
+        return not self.lost and not self.duplicated
+
+    def to_dict(self) -> dict:
+        document = dataclasses.asdict(self)
+        document.update(lost=len(self.lost), duplicated=len(self.duplicated),
+                        lost_examples=self.lost[:20],
+                        duplicated_examples=dict(list(self.duplicated.items())[:20]), ok=self.ok)
+        return document
+
+
+def read_topic(config: KafkaConfig, topic: str, timeout_s: float = 300.0):
+    """Every record of ``topic`` up to its current end: yields (position, value)."""
+    consumer = KafkaConsumer(**config.client_kwargs(), enable_auto_commit=False)
+    try:
+        partitions = [TopicPartition(topic, p) for p in partitions_of(config, topic)]
+        consumer.assign(partitions)
+        consumer.seek_to_beginning(*partitions)
+        ends = consumer.end_offsets(partitions)
+        remaining = {tp: end for tp, end in ends.items()
+                     if end > consumer.beginning_offsets([tp])[tp]}
+        deadline = time.monotonic() + timeout_s
+        while remaining:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"could not read {topic} to its end within {timeout_s:.0f} s")
+            for tp, records in consumer.poll(timeout_ms=500).items():
+                for record in records:
+                    if record.offset < remaining.get(tp, -1):
+                        yield SourcePosition(record.topic, record.partition, record.offset), \
+                            record.value
+            for tp in [tp for tp, end in remaining.items() if consumer.position(tp) >= end]:
+                del remaining[tp]
+                consumer.pause(tp)
+    finally:
+        consumer.close(autocommit=False)
+
+
+def event_identity(position: SourcePosition, payload: bytes, max_event_bytes: int) -> str:
+    """The identity the job gives this event record (see streaming/dedup.py)."""
+    try:
+        return identity(parse_event(payload, max_event_bytes).event_id, position)
+    except EventRejected as rejected:
+        return identity(rejected.event_id, position)
+
+
+def reconcile(config: KafkaConfig, events_topic: str, findings_topic: str,
+              dead_letter_topic: str,
+              max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES) -> Reconciliation:
+    events = collections.Counter(
+        event_identity(position, payload, max_event_bytes)
+        for position, payload in read_topic(config, events_topic))
+    outcomes: collections.Counter = collections.Counter()
+    counts = collections.Counter()
+    reasons = collections.Counter()
+    for kind, topic in (("finding", findings_topic), ("dead_letter", dead_letter_topic)):
+        for _position, value in read_topic(config, topic):
+            try:
+                document = json.loads(value)
+                outcomes[outcome_identity(kind, document)] += 1
+            except (ValueError, KeyError, TypeError):
+                counts["unreadable"] += 1
+                continue
+            counts[kind] += 1
+            if kind == "dead_letter":
+                reasons[document.get("reason", "?")] += 1
+    return Reconciliation(
+        events=len(events), event_records=sum(events.values()), findings=counts["finding"],
+        dead_letters=counts["dead_letter"],
+        lost=sorted(name for name in events if name not in outcomes),
+        duplicated={name: n for name, n in outcomes.items() if n > 1 and name in events},
+        unmatched_outcomes=sum(n for name, n in outcomes.items() if name not in events),
+        dead_letter_reasons=dict(sorted(reasons.items())))
