@@ -29,7 +29,6 @@ from sklearn.calibration import calibration_curve
 from sklearn.metrics import ConfusionMatrixDisplay, confusion_matrix, roc_auc_score, roc_curve
 
 from batch_training import datasets
-from streaming.imaging.preprocessing import PreprocessingSpec
 from streaming.modeling.loading import LoadedModel, load_model
 from streaming.modeling.registry import ModelRegistry
 

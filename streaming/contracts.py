@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import json
+import re
 from pathlib import Path
 
 import jsonschema
@@ -53,9 +54,26 @@ def validator(name: str) -> jsonschema.protocols.Validator:
         (schema["$id"], referencing.Resource.from_contents(schema))
         for schema in schemas.values())
     schema = schemas[name]
-    cls = jsonschema.validators.validator_for(schema)
-    cls.check_schema(schema)
-    return cls(schema, registry=registry, format_checker=cls.FORMAT_CHECKER)
+    base = jsonschema.validators.validator_for(schema)
+    base.check_schema(schema)
+    cls = jsonschema.validators.extend(base, {"pattern": _ecma_pattern})
+    return cls(schema, registry=registry, format_checker=base.FORMAT_CHECKER)
+
+
+def _ecma_pattern(validator, pattern: str, instance, schema):
+    """JSON Schema's ``pattern`` with ECMA-262 anchors.
+
+    jsonschema applies patterns with Python's ``re``, whose ``$`` also matches before a
+    final newline: "1.2.3\n" would pass a UID pattern and travel into keys and findings.
+    """
+    if validator.is_type(instance, "string") and not _python_regex(pattern).search(instance):
+        yield jsonschema.ValidationError(f"{instance!r} does not match {pattern!r}")
+
+
+@functools.cache
+def _python_regex(pattern: str) -> re.Pattern:
+    # Only unescaped "$" (an anchor in every pattern of ours) becomes "\Z".
+    return re.compile(re.sub(r"(?<!\\)\$", r"\\Z", pattern))
 
 
 def errors(name: str, document: object) -> list[str]:

@@ -45,8 +45,12 @@ def dead_letter_id(event_id: str | None, source: SourcePosition) -> str:
     return str(uuid.uuid5(DEAD_LETTER_NAMESPACE, name))
 
 
-def payload_excerpt(payload: bytes, limit: int) -> dict:
-    """The received bytes, as text when they are UTF-8, else base64; cut to ``limit`` bytes."""
+def payload_excerpt(payload: bytes | None, limit: int) -> dict:
+    """The received bytes, as text when they are UTF-8, else base64; cut to ``limit`` bytes.
+
+    A record without a value (a Kafka tombstone) is kept as empty text.
+    """
+    payload = payload or b""
     kept = payload[:max(limit, 0)]
     text = _utf8(kept, truncated=len(kept) < len(payload))
     if text is None:

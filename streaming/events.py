@@ -51,7 +51,7 @@ class ImageEvent:
 
     @property
     def sent_at_epoch(self) -> float:
-        return dt.datetime.fromisoformat(self.sent_at.replace("Z", "+00:00")).timestamp()
+        return rfc3339_epoch(self.sent_at)
 
     def to_document(self) -> dict:
         document = {"schema_version": SCHEMA_VERSION, **dataclasses.asdict(self)}
@@ -61,14 +61,24 @@ class ImageEvent:
         return json.dumps(self.to_document(), separators=(",", ":")).encode("utf-8")
 
 
-def parse_event(payload: bytes, max_bytes: int = DEFAULT_MAX_EVENT_BYTES) -> ImageEvent:
+def rfc3339_epoch(text: str) -> float:
+    """Epoch seconds of an RFC 3339 date-time, whose 'T' and 'Z' may be lower case."""
+    return dt.datetime.fromisoformat(text.upper().replace("Z", "+00:00")).timestamp()
+
+
+def parse_event(payload: bytes | None, max_bytes: int = DEFAULT_MAX_EVENT_BYTES) -> ImageEvent:
     """Bytes from the events topic -> a valid ImageEvent, or EventRejected saying why."""
+    if payload is None:
+        raise EventRejected(Reason.INVALID_JSON,
+                            "the record has no value (a tombstone); an event is a JSON "
+                            "object")
     if len(payload) > max_bytes:
         raise EventRejected(Reason.PAYLOAD_TOO_LARGE,
                             f"event is {len(payload)} bytes; the limit is {max_bytes} "
                             "(--max_event_bytes). Events carry a URI, never the image itself.")
     try:
-        document = json.loads(payload)
+        # Decoded as UTF-8 explicitly: json.loads would also guess UTF-16 and UTF-32.
+        document = json.loads(payload.decode("utf-8"), parse_constant=_no_constants)
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as error:
         raise EventRejected(Reason.INVALID_JSON,
                             f"event is not valid UTF-8 JSON ({type(error).__name__}"
@@ -91,7 +101,30 @@ def parse_event(payload: bytes, max_bytes: int = DEFAULT_MAX_EVENT_BYTES) -> Ima
                             "event breaks schemas/image_event.v1.json: " + "; ".join(problems),
                             _safe_id(event_id), _safe_uid(study))
     fields = {f.name for f in dataclasses.fields(ImageEvent)}
-    return ImageEvent(**{k: v for k, v in document.items() if k in fields})
+    event = ImageEvent(**{k: v for k, v in document.items() if k in fields})
+    _check_sent_at(event)
+    return event
+
+
+def _check_sent_at(event: ImageEvent) -> None:
+    """Findings compute latency from sent_at: refuse here what cannot be read as a time.
+
+    The schema's date-time format already admits only RFC 3339; this holds even where
+    jsonschema runs without its format checker installed.
+    """
+    try:
+        event.sent_at_epoch
+    except (ValueError, OverflowError):
+        raise EventRejected(Reason.SCHEMA_VIOLATION,
+                            "event breaks schemas/image_event.v1.json: sent_at: format "
+                            "(an RFC 3339 date-time with a time zone)",
+                            _safe_id(event.event_id), _safe_uid(event.study_instance_uid)
+                            ) from None
+
+
+def _no_constants(name: str):
+    """NaN and Infinity are not JSON (Python's json accepts them by default)."""
+    raise json.JSONDecodeError(f"{name} is not valid JSON", name, 0)
 
 
 def _position(error: Exception) -> str:

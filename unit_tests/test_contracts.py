@@ -62,6 +62,10 @@ def test_event_ids_are_unique():
     ({"sent_at": "yesterday"}, "sent_at"),
     ({"sha256": "XYZ"}, "sha256"),
     ({"event_id": ""}, "event_id"),
+    # JSON Schema's "$" ends the input (ECMA-262), not "before a final newline" (Python).
+    ({"study_instance_uid": STUDY + "\n"}, "study_instance_uid"),
+    ({"modality": "CR\n"}, "modality"),
+    ({"event_id": "abc\n"}, "event_id"),
 ])
 def test_events_breaking_the_schema_are_rejected_naming_the_field(change, field):
     document = {**an_event().to_document(), **change}
@@ -96,6 +100,9 @@ def test_missing_fields_are_named():
     (b'{"schema_version": 2, "event_id": "e1"}', Reason.UNSUPPORTED_SCHEMA_VERSION),
     (b'{"schema_version": "1"}', Reason.UNSUPPORTED_SCHEMA_VERSION),
     (b"[" * 100_000, Reason.INVALID_JSON),
+    ('{"schema_version": 1}'.encode("utf-16"), Reason.INVALID_JSON),
+    (b'{"schema_version": NaN}', Reason.INVALID_JSON),
+    (b'{"schema_version": Infinity}', Reason.INVALID_JSON),
 ])
 def test_unreadable_events_get_their_reason(payload, reason):
     with pytest.raises(EventRejected) as rejected:

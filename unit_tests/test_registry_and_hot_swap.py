@@ -13,7 +13,7 @@ from streaming.modeling.loading import ModelRefused
 from streaming.modeling.registry import (LAST_KNOWN_GOOD, REJECTED, TF_SERVING_CONFIG,
                                          ModelRegistry, RegistryError)
 from streaming.modeling.scoring import ImageToScore, Scoring
-from streaming.modeling.serving import ProductionWatcher, load_for_serving, serve
+from streaming.modeling.serving import load_for_serving, serve
 from unit_tests.conftest import MODEL_NAME, build_small_model, register
 
 

@@ -55,7 +55,7 @@ from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import get_frame
 # The public read_file_meta_info() takes only a path; the bytes are in memory.
-from pydicom.filereader import _read_file_meta_info, read_preamble
+from pydicom.filereader import _read_file_meta_info, data_element_generator, read_preamble
 from pydicom.multival import MultiValue
 from pydicom.pixels import (apply_color_lut, apply_modality_lut, apply_voi_lut,
                             as_pixel_options, get_decoder)
@@ -74,6 +74,7 @@ _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _JPEG_SOI = b"\xff\xd8\xff"
 _INFLATE_CHUNK = 1 << 20
 _UNDEFINED_LENGTH = 0xFFFFFFFF
+_PIXEL_DATA_TAG = 0x7FE00010
 _GRAYSCALE = ("MONOCHROME1", "MONOCHROME2")
 # Every defined term of PS3.3 C.7.6.3.1.2, so that a message names only those.
 _PHOTOMETRIC_TERMS = ("MONOCHROME1", "MONOCHROME2", "PALETTE COLOR", "RGB", "HSV", "ARGB",
@@ -162,7 +163,7 @@ class _Geometry:
 
 def _decode_dicom(data: bytes, limits: ImageLimits) -> DecodedImage:
     dataset = _read_dataset(data, limits)
-    _require_pixel_data(dataset, data)
+    _require_pixel_data(dataset, data, limits)
     geometry = _checked_geometry(dataset, limits)
     index = geometry.frames // 2
     syntax = _transfer_syntax(dataset)
@@ -235,7 +236,7 @@ def _check_deflated_size(data: bytes, max_bytes: int) -> None:
         raise _not_dicom("the deflated data set cannot be inflated", error) from None
 
 
-def _require_pixel_data(dataset: Dataset, data: bytes) -> None:
+def _require_pixel_data(dataset: Dataset, data: bytes, limits: ImageLimits) -> None:
     if "PixelData" in dataset:
         return
     if "FloatPixelData" in dataset or "DoubleFloatPixelData" in dataset:
@@ -244,11 +245,8 @@ def _require_pixel_data(dataset: Dataset, data: bytes) -> None:
                             "only integer Pixel Data (7FE0,0010) is scored")
     # pydicom drops every element when the data ends inside an undefined-length
     # one, such as compressed pixel data; the header alone tells which case it was.
-    if len(dataset):
-        header, parsed_length = dataset, _parsed_length(dataset, data)
-    else:
-        header, parsed_length = _header_only(data), None
-    if header is None or _ends_mid_element(header, parsed_length):
+    header = dataset if len(dataset) else _header_only(data)
+    if header is None or not len(header) or _header_is_cut(data, header, limits):
         raise ImageRejected(Reason.NOT_AN_IMAGE,
                             "the DICOM file is truncated: its header is empty or ends "
                             "in the middle of an element")
@@ -271,30 +269,53 @@ def _header_only(data: bytes) -> Dataset | None:
         return None
 
 
-def _parsed_length(dataset: Dataset, data: bytes) -> int | None:
-    """How many bytes the data set was read from (None when inflated: offsets differ)."""
-    meta = getattr(dataset, "file_meta", None)
-    syntax = meta.get("TransferSyntaxUID") if meta is not None else None
-    return None if syntax == dicom_uid.DeflatedExplicitVRLittleEndian else len(data)
+def _header_is_cut(data: bytes, header: Dataset, limits: ImageLimits) -> bool:
+    """True when the data set's bytes end inside an element before Pixel Data.
 
-
-def _ends_mid_element(dataset: Dataset, parsed_length: int | None) -> bool:
-    """True when the data set is empty or was cut inside its last element.
-
-    pydicom stops quietly at the end of the data: a value shorter than its declared
-    length, or bytes left over after the last value (a cut element header), are
-    the signs left behind; it drops every element when the end falls inside an
-    undefined-length one, leaving the data set empty.
+    pydicom stops quietly at the end of the data and converts some elements as it
+    reads (Specific Character Set, empty values, sequences), after which they no
+    longer say whether they were complete; so the raw elements are walked again.
+    A cut exactly between two elements leaves a well-formed object: undetectable.
     """
-    tags = list(dataset.keys())
-    if not tags:
+    try:
+        body = _data_set_bytes(data, limits.max_file_bytes)
+    except Exception:  # the meta information itself is cut or corrupt
         return True
-    last = dataset.get_item(max(tags))
-    if not isinstance(last, RawDataElement) or last.value is None:
-        return False
-    if last.length != _UNDEFINED_LENGTH and len(last.value) < last.length:
+    implicit, little = header.original_encoding
+    stream = io.BytesIO(body)
+    reached_pixel_data = []
+
+    def at_pixel_data(tag, _vr, _length) -> bool:
+        if tag == _PIXEL_DATA_TAG:
+            reached_pixel_data.append(True)
+        return bool(reached_pixel_data)
+
+    end = 0
+    try:
+        for element in data_element_generator(stream, bool(implicit), bool(little),
+                                              stop_when=at_pixel_data, defer_size=None):
+            length = getattr(element, "length", _UNDEFINED_LENGTH)
+            if isinstance(element, RawDataElement) and length != _UNDEFINED_LENGTH:
+                if len(element.value or b"") < length:
+                    return True
+                end = element.value_tell + length
+            else:  # a sequence pydicom parsed to its delimiter
+                end = stream.tell()
+    except Exception:  # EOFError inside a sequence, or bytes that are not elements
         return True
-    return parsed_length is not None and last.value_tell + len(last.value) < parsed_length
+    return not reached_pixel_data and end < len(body)
+
+
+def _data_set_bytes(data: bytes, max_bytes: int) -> bytes:
+    """The data set after the preamble and file meta information, inflated if deflated."""
+    stream = io.BytesIO(data)
+    read_preamble(stream, True)
+    meta = _read_file_meta_info(stream)
+    body = data[stream.tell():]
+    if meta.get("TransferSyntaxUID") == dicom_uid.DeflatedExplicitVRLittleEndian:
+        # Bounded like _check_deflated_size: a cut stream simply inflates to less.
+        body = zlib.decompressobj(-zlib.MAX_WBITS).decompress(body, max_bytes)
+    return body
 
 
 def _checked_geometry(dataset: Dataset, limits: ImageLimits) -> _Geometry:

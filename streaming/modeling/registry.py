@@ -221,10 +221,10 @@ class ModelRegistry:
         staging_dir = Path(staging_dir)
         if not (staging_dir / MODEL_FILE).is_file():
             raise RegistryError(f"{staging_dir} has no {MODEL_FILE} to register")
+        ModelMetadata.from_dict({**metadata, "version": "1"})  # refuse before claiming a folder
         name = metadata["name"]
         version = self._claim_version(name)
         record = ModelMetadata.from_dict({**metadata, "version": version})
-        destination = self.version_uri(name, version)
         for path in sorted(staging_dir.rglob("*")):
             if path.is_file() and path.name != METADATA_FILE:
                 relative = path.relative_to(staging_dir).as_posix()
