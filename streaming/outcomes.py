@@ -118,42 +118,15 @@ def outcome_identity(kind: str, document: dict) -> str:
 
 
 def outcome_identities(config: KafkaConfig, findings_topic: str, dead_letter_topic: str,
-                       since_s: float, timeout_s: float = 120.0) -> set[str]:
-    """Identities of every finding and dead letter published since ``since_s`` (epoch s).
-
-    Reads each partition from the first offset at or after that time up to the end
-    offset seen when called: the tail a restarted job must know to settle its claims.
-    """
-    kinds = {findings_topic: "finding", dead_letter_topic: "dead_letter"}
-    consumer = KafkaConsumer(**config.client_kwargs(), enable_auto_commit=False)
-    try:
-        partitions = [TopicPartition(topic, p) for topic in kinds
-                      for p in partitions_of(config, topic)]
-        consumer.assign(partitions)
-        ends = consumer.end_offsets(partitions)
-        starts = consumer.offsets_for_times({tp: int(since_s * 1000) for tp in partitions})
-        remaining = {}
-        for tp in partitions:
-            start = starts.get(tp).offset if starts.get(tp) is not None else ends[tp]
-            if start < ends[tp]:
-                consumer.seek(tp, start)
-                remaining[tp] = ends[tp]
-        found: set[str] = set()
-        deadline = time.monotonic() + timeout_s
-        while remaining:
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"could not read back {sorted(map(str, remaining))} "
-                                   f"within {timeout_s:.0f} s")
-            for tp, records in consumer.poll(timeout_ms=500).items():
-                for record in records:
-                    if record.offset < remaining.get(tp, -1):
-                        try:
-                            found.add(outcome_identity(kinds[tp.topic], json.loads(record.value)))
-                        except (ValueError, KeyError, TypeError):
-                            continue  # not an outcome of ours: nothing to settle
-            for tp in [tp for tp, end in remaining.items() if consumer.position(tp) >= end]:
-                del remaining[tp]
-                consumer.pause(tp)
-        return found
-    finally:
-        consumer.close(autocommit=False)
+                       since_s: float) -> set[str]:
+    """Identities of every finding and dead letter published since ``since_s`` (epoch s):
+    the tail a restarted job (or a sink after an ambiguous timeout) must know."""
+    from streaming.kafka.reading import read_topic  # noqa: PLC0415
+    found: set[str] = set()
+    for kind, topic in (("finding", findings_topic), ("dead_letter", dead_letter_topic)):
+        for record in read_topic(config, topic, since_ms=int(since_s * 1000)):
+            try:
+                found.add(outcome_identity(kind, json.loads(record.value)))
+            except (ValueError, KeyError, TypeError):
+                continue  # not an outcome of ours: nothing to settle
+    return found

@@ -12,14 +12,11 @@ from __future__ import annotations
 import collections
 import dataclasses
 import json
-import time
-
-from kafka import KafkaConsumer, TopicPartition
 
 from streaming.dedup import identity
 from streaming.events import DEFAULT_MAX_EVENT_BYTES, EventRejected, parse_event
-from streaming.kafka.admin import partitions_of
 from streaming.kafka.config import KafkaConfig
+from streaming.kafka.reading import read_topic
 from streaming.outcomes import outcome_identity
 from streaming.records import SourcePosition
 
@@ -47,30 +44,9 @@ class Reconciliation:
         return document
 
 
-def read_topic(config: KafkaConfig, topic: str, timeout_s: float = 300.0):
-    """Every record of ``topic`` up to its current end: yields (position, value)."""
-    consumer = KafkaConsumer(**config.client_kwargs(), enable_auto_commit=False)
-    try:
-        partitions = [TopicPartition(topic, p) for p in partitions_of(config, topic)]
-        consumer.assign(partitions)
-        consumer.seek_to_beginning(*partitions)
-        ends = consumer.end_offsets(partitions)
-        remaining = {tp: end for tp, end in ends.items()
-                     if end > consumer.beginning_offsets([tp])[tp]}
-        deadline = time.monotonic() + timeout_s
-        while remaining:
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"could not read {topic} to its end within {timeout_s:.0f} s")
-            for tp, records in consumer.poll(timeout_ms=500).items():
-                for record in records:
-                    if record.offset < remaining.get(tp, -1):
-                        yield SourcePosition(record.topic, record.partition, record.offset), \
-                            record.value
-            for tp in [tp for tp, end in remaining.items() if consumer.position(tp) >= end]:
-                del remaining[tp]
-                consumer.pause(tp)
-    finally:
-        consumer.close(autocommit=False)
+def _records(config: KafkaConfig, topic: str):
+    for record in read_topic(config, topic):
+        yield SourcePosition(record.topic, record.partition, record.offset), record.value
 
 
 def event_identity(position: SourcePosition, payload: bytes, max_event_bytes: int) -> str:
@@ -86,12 +62,12 @@ def reconcile(config: KafkaConfig, events_topic: str, findings_topic: str,
               max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES) -> Reconciliation:
     events = collections.Counter(
         event_identity(position, payload, max_event_bytes)
-        for position, payload in read_topic(config, events_topic))
+        for position, payload in _records(config, events_topic))
     outcomes: collections.Counter = collections.Counter()
     counts = collections.Counter()
     reasons = collections.Counter()
     for kind, topic in (("finding", findings_topic), ("dead_letter", dead_letter_topic)):
-        for _position, value in read_topic(config, topic):
+        for _position, value in _records(config, topic):
             try:
                 document = json.loads(value)
                 outcomes[outcome_identity(kind, document)] += 1

@@ -4,7 +4,9 @@
   (acks=all) before its source offset counts as settled in the ledger.
 - Retriable failures (broker unreachable, leader moving, timeouts) are retried with
   exponential backoff for as long as it takes: the bundle does not finish, so no
-  offset is committed, and a crash meanwhile replays the records.
+  offset is committed, and a crash meanwhile replays the records. Records are re-sent
+  only once a cheap probe says the broker answers again: a produce request left
+  waiting on a silent broker makes kafka-python's I/O thread spin.
 - A record the broker will never take (over the size limit) is not retried: a
   finding becomes a dead letter with reason ``finding_too_large``; a dead letter is
   re-sent with its payload excerpt cut to nothing.
@@ -19,7 +21,7 @@ import threading
 import time
 
 import apache_beam as beam
-from kafka import KafkaProducer
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.errors import KafkaError, MessageSizeTooLargeError, RecordListTooLargeError
 
 from streaming import metrics
@@ -28,6 +30,7 @@ from streaming.dedup import (DedupStore, DedupUnavailable, RedisSettings, identi
 from streaming.dead_letters import Rejection, Stage, dead_letter_record
 from streaming.kafka.config import KafkaConfig
 from streaming.kafka.ledger import ledger_for
+from streaming.outcomes import outcome_identities
 from streaming.reasons import Reason
 from streaming.records import OutboundRecord
 
@@ -60,15 +63,55 @@ def shared_producer(config: KafkaConfig, max_request_bytes: int) -> KafkaProduce
             _PRODUCERS[key] = KafkaProducer(
                 **config.client_kwargs(),
                 acks="all",
-                enable_idempotence=True,  # a retried send is not written twice
+                # The sink retries records itself, after reading back what reached the
+                # topic (see PublishToKafka._unpublished). kafka-python's idempotent
+                # producer never recovers once a batch has expired against a silent
+                # broker, so it is off, and so are its own retries.
+                enable_idempotence=False,
+                retries=0,
                 linger_ms=5,
                 max_request_size=max_request_bytes,
                 max_block_ms=10_000,       # a dead broker surfaces as a retriable timeout
-                delivery_timeout_ms=30_000,
-                request_timeout_ms=10_000,
+                # Short: while a produce request waits on a broker that does not answer,
+                # kafka-python's I/O thread busy-loops; we fail fast and wait in
+                # _wait_for_broker instead, which costs no CPU.
+                request_timeout_ms=3_000,
+                delivery_timeout_ms=5_000,
                 reconnect_backoff_max_ms=5_000,
             )
         return _PRODUCERS[key]
+
+
+class BrokerProbe:
+    """Asks the broker a cheap question (a partition's end offset) to see if it answers.
+
+    Connected while the broker is up (at setup): kafka-python's bootstrap can hang on
+    a broker that accepts connections but does not answer.
+    """
+
+    def __init__(self, config: KafkaConfig):
+        self._config = config
+        self._consumer = None
+        self._connect()
+
+    def _connect(self) -> None:
+        try:
+            self._consumer = KafkaConsumer(**self._config.client_kwargs(),
+                                           request_timeout_ms=3_000, bootstrap_timeout_ms=5_000,
+                                           reconnect_backoff_max_ms=5_000)
+        except KafkaError:
+            self._consumer = None
+
+    def answers(self, topic: str) -> bool:
+        if self._consumer is None:
+            self._connect()
+            if self._consumer is None:
+                return False
+        try:
+            self._consumer.end_offsets([TopicPartition(topic, 0)])
+            return True
+        except KafkaError:
+            return False
 
 
 class PublishToKafka(beam.DoFn):
@@ -81,6 +124,7 @@ class PublishToKafka(beam.DoFn):
         self._producer = shared_producer(self._settings.config, self._settings.max_request_bytes)
         self._ledger = ledger_for(self._settings.group_id)
         self._claims = Claims(self._settings.dedup, self._ledger) if self._settings.dedup else None
+        self._probe = BrokerProbe(self._settings.config)
 
     def start_bundle(self):
         self._records: list[OutboundRecord] = []
@@ -92,6 +136,7 @@ class PublishToKafka(beam.DoFn):
         records, self._records = self._records, []
         if self._claims is not None:
             records = self._claims.claim(records)
+        first_sent = time.time()
         pending = [(record, self._send(record)) for record in records]
         acknowledged, attempt = [], 0
         while pending:
@@ -109,6 +154,8 @@ class PublishToKafka(beam.DoFn):
             if retry:
                 attempt += 1
                 self._wait_before_retry(attempt, retry)
+                self._wait_for_broker(self._topic(retry[0][0]))
+                retry = self._unpublished(retry, first_sent, acknowledged)
             pending = [(record, self._send(record))
                        for record in replaced + [record for record, _ in retry]]
         if self._claims is not None:
@@ -156,6 +203,41 @@ class PublishToKafka(beam.DoFn):
         document["payload"]["data"] = ""
         document["payload"]["truncated"] = True
         return dataclasses.replace(record, value=json.dumps(document).encode("utf-8"))
+
+    def _unpublished(self, failures: list, since: float, acknowledged: list) -> list:
+        """The failed records whose outcome did not reach the topic after all.
+
+        A timeout is ambiguous: the broker may have written the record and lost the
+        answer. Reading back the topics' tail tells; what is there is settled, not re-sent.
+        """
+        try:
+            published = outcome_identities(self._settings.config, self._settings.findings_topic,
+                                           self._settings.dead_letter_topic, since - 60.0)
+        except (KafkaError, TimeoutError) as error:
+            LOG.warning("cannot read back published outcomes; re-sending all", extra={
+                "error": type(error).__name__})
+            return failures
+        remaining = []
+        for record, error in failures:
+            if _identity(record) in published:
+                self._settle(record)
+                acknowledged.append(record)
+            else:
+                remaining.append((record, error))
+        return remaining
+
+    def _wait_for_broker(self, topic: str) -> None:
+        """Re-send only once the broker answers again (see request_timeout_ms above)."""
+        waited, delay = 0.0, 0.5
+        while not self._probe.answers(topic):
+            if waited == 0.0:
+                LOG.warning("broker not answering; waiting before publishing again",
+                            extra={"topic": topic})
+            time.sleep(delay)
+            waited += delay
+            delay = min(delay * 2, _MAX_BACKOFF_S)
+        if waited:
+            LOG.info("broker answering again", extra={"topic": topic, "waited_s": round(waited, 1)})
 
     def _wait_before_retry(self, attempt: int, failures: list) -> None:
         # Never give up: a record not acknowledged is a record not committed.
