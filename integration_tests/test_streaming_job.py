@@ -8,8 +8,7 @@ from pathlib import Path
 import pydicom
 import pytest
 from kafka import KafkaProducer
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import generate_uid
 
 from streaming import contracts
 from streaming.demo import phantoms
@@ -20,6 +19,7 @@ from streaming.imaging.types import ImageLimits, ImageRejected
 from streaming.modality import event_for_file, publish_events
 from streaming.outcomes import OutcomeLog
 from integration_tests.conftest import STUDY_IMAGE_SIZE
+from integration_tests.scenarios import bad_files
 
 JOB_START_S = 180
 SENDER = "TEST_PACS"
@@ -41,47 +41,6 @@ def expected_outcome(path: Path) -> str:
     return "image"
 
 
-def event_for(path: Path):
-    try:
-        return event_for_file(path, sender=SENDER)
-    except ValueError:  # no UIDs in the header (or not DICOM): the modality still sends it
-        return new_event(study_instance_uid=generate_uid(), series_instance_uid=generate_uid(),
-                         sop_instance_uid=generate_uid(), modality="OT", uri=str(path),
-                         content_type="application/dicom", sender=SENDER)
-
-
-def write_dataset(path: Path, dataset: Dataset) -> Path:
-    dataset.file_meta = FileMetaDataset()
-    dataset.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    dataset.file_meta.MediaStorageSOPClassUID = dataset.SOPClassUID
-    dataset.file_meta.MediaStorageSOPInstanceUID = dataset.SOPInstanceUID
-    dataset.save_as(path, enforce_file_format=True)
-    return path
-
-
-def structured_report(path: Path) -> Path:
-    report = Dataset()
-    report.SOPClassUID = pydicom.uid.BasicTextSRStorage
-    report.SOPInstanceUID, report.StudyInstanceUID = generate_uid(), generate_uid()
-    report.SeriesInstanceUID, report.Modality = generate_uid(), "SR"
-    report.ValueType, report.CompletionFlag = "CONTAINER", "COMPLETE"
-    return write_dataset(path, report)
-
-
-def pixel_bomb(path: Path) -> Path:
-    """A header claiming 100000 x 100000 pixels over a few bytes of data."""
-    image = Dataset()
-    image.SOPClassUID = pydicom.uid.SecondaryCaptureImageStorage
-    image.SOPInstanceUID, image.StudyInstanceUID = generate_uid(), generate_uid()
-    image.SeriesInstanceUID, image.Modality = generate_uid(), "OT"
-    image.Rows = image.Columns = 65535
-    image.NumberOfFrames = 1000
-    image.SamplesPerPixel, image.PhotometricInterpretation = 1, "MONOCHROME2"
-    image.BitsAllocated, image.BitsStored, image.HighBit, image.PixelRepresentation = 16, 16, 15, 0
-    image.PixelData = b"\x00" * 64
-    return write_dataset(path, image)
-
-
 def broken_events(tmp_path: Path, good: Path) -> list[tuple[bytes, str]]:
     """(payload, expected reason) for each kind of bad input a sender can produce."""
     outside = tmp_path.parent / f"{tmp_path.name}-outside"
@@ -92,13 +51,10 @@ def broken_events(tmp_path: Path, good: Path) -> list[tuple[bytes, str]]:
     link.symlink_to(secret)
     text = tmp_path / "report.dcm"
     text.write_text("not an image at all\n")
-    corrupt = tmp_path / "corrupt.dcm"
-    data = bytearray(good.read_bytes())
-    codestream = data.rindex(b"\xff\xd8\xff")  # the JPEG-LS frame inside Pixel Data
-    data[codestream + 2:codestream + 40] = b"\xff" * 38  # garble its frame and scan headers
-    corrupt.write_bytes(bytes(data))
+    corrupt = tmp_path / "corrupt.dcm"  # the JPEG-LS frame's headers garbled
+    corrupt.write_bytes(bad_files.garbled_codestream(good.read_bytes(), "headers_to_fill"))
     truncated = tmp_path / "truncated.dcm"
-    truncated.write_bytes(good.read_bytes()[:300])
+    truncated.write_bytes(bad_files.truncated(good.read_bytes(), 300))
     uids = dict(study_instance_uid=generate_uid(), series_instance_uid=generate_uid(),
                 sop_instance_uid=generate_uid())
 
@@ -124,8 +80,9 @@ def broken_events(tmp_path: Path, good: Path) -> list[tuple[bytes, str]]:
         (event(str(good), sha256="0" * 64), "checksum_mismatch"),
         (event(str(text)), "not_an_image"),
         (event(str(truncated)), "not_an_image"),
-        (event(str(structured_report(tmp_path / "sr.dcm"))), "no_pixel_data"),
-        (event(str(pixel_bomb(tmp_path / "bomb.dcm"))), "over_size_limits"),
+        (event(str(bad_files.structured_report(tmp_path / "sr.dcm"))), "no_pixel_data"),
+        (event(str(bad_files.pixel_bomb(tmp_path / "bomb.dcm", rows=65535, columns=65535,
+                                        frames=1000))), "over_size_limits"),
         (event(str(corrupt)), "undecodable_pixel_data"),
     ]
 
@@ -149,7 +106,7 @@ def test_scanner_files_and_broken_events_each_get_exactly_one_outcome(
     assert expected_outcome(Path(jpeg_ls)) == "image"
 
     job = start_job(allowed_roots=sorted({str(p.parent) for p in files}))  # creates the topics
-    events = [event_for(path) for path in files]
+    events = [bad_files.announce(path, SENDER) for path in files]
     scanner_events = {event.event_id: path for event, path in zip(events, files)}
     phantom = [event_for_file(c.path, sender=SENDER) for c in cases]
     phantom_events = {event.event_id: case for event, case in zip(phantom, cases)}

@@ -8,7 +8,8 @@ from streaming.cli import EXIT_USAGE, main
 from unit_tests.conftest import MODEL_NAME
 
 
-@pytest.mark.parametrize("command", ["demo", "broker", "stream", "publish", "findings", "train"])
+@pytest.mark.parametrize("command", ["demo", "broker", "stream", "publish", "findings", "train",
+                                     "evaluate", "reconcile", "dead-letters"])
 def test_every_command_has_help(capsys, command):
     with pytest.raises(SystemExit) as exited:
         main([command, "--help"])
