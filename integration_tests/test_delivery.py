@@ -1,0 +1,54 @@
+"""Effectively-once under faults: SIGKILLs mid-stream and a frozen broker, with Redis dedup.
+
+Scaled down for `make test`; `make bench-reliability` runs the same scenarios in full
+(three kills over more events, a 30 s outage). Counts come from `medimg reconcile`'s
+code reading the topics, not from the job.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from integration_tests.conftest import STUDY_IMAGE_SIZE
+from integration_tests.scenarios.delivery import (Topics, run_crash_scenario,
+                                                  run_outage_scenario)
+from streaming.demo import phantoms
+from streaming.kafka.admin import ensure_topics
+from streaming.modality import event_for_file
+
+
+@pytest.fixture
+def images(tmp_path):
+    cases = phantoms.generate_study_set(tmp_path / "studies", 6, seed=13, size=STUDY_IMAGE_SIZE)
+    return [event_for_file(c.path, sender="FAULT_TEST") for c in cases]
+
+
+@pytest.fixture
+def scenario_topics(kafka, topics) -> Topics:
+    ensure_topics(kafka, {name: 3 for name in (topics.events, topics.findings,
+                                                topics.dead_letters)})
+    return Topics(topics.events, topics.findings, topics.dead_letters)
+
+
+@pytest.mark.slow
+def test_three_sigkills_lose_nothing_and_repeat_nothing(kafka, scenario_topics, start_job,
+                                                        redis_server, images):
+    report = run_crash_scenario(
+        kafka, scenario_topics, lambda: start_job("--redis_url", redis_server.url), images,
+        events=120, kills=3, rate_per_s=8)
+    assert report.restarts == 3
+    assert report.events_sent == 123  # 3 to see the job up, then 120 in four waves
+    assert report.findings + report.dead_letters == 123
+    assert (report.lost, report.duplicated) == (0, 0)
+
+
+@pytest.mark.slow
+def test_a_broker_outage_is_survived_without_loss(kafka, broker, scenario_topics, start_job,
+                                                   redis_server, images):
+    job = start_job("--redis_url", redis_server.url)
+    report = run_outage_scenario(kafka, broker, scenario_topics, job, images, outage_s=8,
+                                 rate_per_s=5)
+    assert job.running(), "the job must survive the outage"
+    assert (report.lost, report.duplicated) == (0, 0)
+    assert report.findings + report.dead_letters == report.events_sent
+    assert job.stop() == 0
