@@ -11,7 +11,7 @@ import pytest
 
 from integration_tests.conftest import STUDY_IMAGE_SIZE
 from integration_tests.scenarios.delivery import (Topics, run_crash_scenario,
-                                                  run_outage_scenario)
+                                                  run_outage_scenario, run_replay_scenario)
 from streaming.demo import phantoms
 from streaming.kafka.admin import ensure_topics
 from streaming.modality import event_for_file
@@ -31,15 +31,23 @@ def scenario_topics(kafka, topics) -> Topics:
 
 
 @pytest.mark.slow
-def test_three_sigkills_lose_nothing_and_repeat_nothing(kafka, scenario_topics, start_job,
-                                                        redis_server, images):
-    report = run_crash_scenario(
-        kafka, scenario_topics, lambda: start_job("--redis_url", redis_server.url), images,
-        events=120, kills=3, rate_per_s=8)
+def test_three_sigkills_lose_nothing_and_repeat_nothing(kafka, scenario_topics, topics,
+                                                        start_job, redis_server, images):
+    def job():
+        return start_job("--redis_url", redis_server.url)
+
+    report = run_crash_scenario(kafka, scenario_topics, job, images, events=120, kills=3,
+                                rate_per_s=8)
     assert report.restarts == 3
     assert report.events_sent == 123  # 3 to see the job up, then 120 in four waves
     assert report.findings + report.dead_letters == 123
     assert (report.lost, report.duplicated) == (0, 0)
+
+    # Every event seen again (the group rewound to the start): nothing is published twice.
+    replay = run_replay_scenario(kafka, scenario_topics, topics.group, job)
+    assert replay["events_replayed"] == 123
+    assert (replay["republished"], replay["duplicated"]) == (0, 0)
+    assert replay["outcomes_after"] == replay["outcomes_before"] == 123
 
 
 @pytest.mark.slow

@@ -161,3 +161,65 @@ def run_outage_scenario(kafka: KafkaConfig, broker: EmbeddedBroker, topics: Topi
                          {"recovery_s": [recovery], "outage_s": outage_s,
                           "outage_cpu_s": outage_cpu})
     return report
+
+
+def rewind_group(kafka: KafkaConfig, group: str, topic: str) -> None:
+    """Move a consumer group back to the beginning of ``topic``: every event is replayed."""
+    from kafka import KafkaConsumer, TopicPartition  # noqa: PLC0415
+    from kafka.structs import OffsetAndMetadata  # noqa: PLC0415
+
+    from streaming.kafka.admin import partitions_of  # noqa: PLC0415
+    consumer = KafkaConsumer(**kafka.client_kwargs(), group_id=group, enable_auto_commit=False)
+    try:
+        partitions = [TopicPartition(topic, p) for p in partitions_of(kafka, topic)]
+        consumer.assign(partitions)
+        consumer.commit({tp: OffsetAndMetadata(0, "", -1) for tp in partitions})
+    finally:
+        consumer.close(autocommit=False)
+
+
+def run_replay_scenario(kafka: KafkaConfig, topics: Topics, group: str,
+                        start_job: Callable[[], LocalJob], settle_s: float = 20.0) -> dict:
+    """Rewind the job's consumer group to the beginning and run it again over everything.
+
+    With deduplication nothing new may be published: every replayed event already has
+    its outcome. Returns the outcome counts before and after.
+    """
+    before = reconcile(kafka, topics.events, topics.findings, topics.dead_letters)
+    rewind_group(kafka, group, topics.events)
+    job = start_job()
+    with OutcomeLog(kafka, topics.findings, topics.dead_letters) as log:
+        log.drain(quiet_s=1)
+        seen = len(log.outcomes)
+        # The job has read everything again once the group's commits reach the end.
+        _wait_for_group_at_end(kafka, group, topics.events, JOB_START_S)
+        time.sleep(settle_s / 4)
+        log.drain(quiet_s=2)
+        republished = len(log.outcomes) - seen
+    job.stop()
+    after = reconcile(kafka, topics.events, topics.findings, topics.dead_letters)
+    return {"events_replayed": before.event_records, "outcomes_before": before.findings
+            + before.dead_letters, "outcomes_after": after.findings + after.dead_letters,
+            "republished": republished, "duplicated": len(after.duplicated)}
+
+
+def _wait_for_group_at_end(kafka: KafkaConfig, group: str, topic: str, timeout_s: float) -> None:
+    from kafka import KafkaConsumer, TopicPartition  # noqa: PLC0415
+
+    from streaming.kafka.admin import partitions_of  # noqa: PLC0415
+    from streaming.kafka.reading import read_topic  # noqa: PLC0415
+    last = {}
+    for record in read_topic(kafka, topic):
+        last[(record.topic, record.partition)] = record.offset + 1
+    consumer = KafkaConsumer(**kafka.client_kwargs(), group_id=group, enable_auto_commit=False)
+    try:
+        partitions = [TopicPartition(topic, p) for p in partitions_of(kafka, topic)]
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            committed = {tp: consumer.committed(tp) or 0 for tp in partitions}
+            if all(committed[tp] >= last.get((tp.topic, tp.partition), 0) for tp in partitions):
+                return
+            time.sleep(1)
+        raise AssertionError(f"the job did not read {topic} to its end again")
+    finally:
+        consumer.close(autocommit=False)
