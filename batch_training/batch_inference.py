@@ -18,7 +18,6 @@ import time
 from pathlib import Path
 
 import apache_beam as beam
-from apache_beam.ml.inference.base import RunInference
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from streaming.events import ReceivedEvent
@@ -27,8 +26,7 @@ from streaming.modality import content_type_of, inventory, path_uids
 from streaming.modeling.handler import KerasModelHandler
 from streaming.modeling.registry import ModelRegistry
 from streaming.options import LOCAL_RUNNER, JobSettings, job_settings
-from streaming.pipeline import (DEAD_LETTERS, BuildFindings, LoadImages,
-                                dead_letters_for_failed_batch)
+from streaming.pipeline import ScoreEvents, dead_letter_outputs
 from streaming.records import KafkaRecord, OutboundRecord, SourcePosition
 
 LOG = logging.getLogger(__name__)
@@ -82,20 +80,14 @@ def build_batch_pipeline(pipeline: beam.Pipeline, received: list[ReceivedEvent],
     handler = KerasModelHandler(settings.model_registry, settings.model_name,
                                 settings.model_version, min_batch_size=1,
                                 max_batch_size=settings.max_batch_size)
-    events = pipeline | "Studies" >> beam.Create(received)
-    images = events | "LoadImages" >> beam.ParDo(LoadImages(settings)).with_outputs(
-        DEAD_LETTERS, main="images")
-    predictions, failed = (images.images
-                           | "RunInference" >> RunInference(handler).with_exception_handling())
-    findings = predictions | "BuildFindings" >> beam.ParDo(BuildFindings(settings)).with_outputs(
-        DEAD_LETTERS, main="findings")
-    failed_batches = failed.failed_inferences | "DeadLetterFailedBatches" >> beam.FlatMap(
-        dead_letters_for_failed_batch, settings)
-    _ = (findings.findings
+    scored = (pipeline
+              | "Studies" >> beam.Create(received)
+              | "ScoreEvents" >> ScoreEvents(settings, handler))
+    _ = (scored["findings"]
          | "FindingsAsJson" >> beam.Map(record_json)
          | "WriteFindings" >> beam.io.WriteToText(f"{output_dir}/findings",
                                                   file_name_suffix=".jsonl", num_shards=1))
-    _ = ((images[DEAD_LETTERS], findings[DEAD_LETTERS], failed_batches)
+    _ = (tuple(dead_letter_outputs(scored).values())
          | "AllDeadLetters" >> beam.Flatten()
          | "DeadLettersAsJson" >> beam.Map(record_json)
          | "WriteDeadLetters" >> beam.io.WriteToText(f"{output_dir}/dead_letters",

@@ -138,6 +138,39 @@ def dead_letters_for_failed_batch(failure, settings: JobSettings) -> Iterable[Ou
         yield inference_dead_letter(item.context, message, settings)
 
 
+class ScoreEvents(beam.PTransform):
+    """ReceivedEvent -> findings, plus the dead letters of each step, as a dict.
+
+    Keys: ``findings`` and ``dead_letters/<step>``. Shared by the streaming job and
+    batch inference, so both score with exactly the same steps.
+    """
+
+    def __init__(self, settings: JobSettings, handler: KerasModelHandler):
+        super().__init__()
+        self._settings = settings
+        self._handler = handler
+
+    def expand(self, received):
+        settings = self._settings
+        images = received | "LoadImages" >> beam.ParDo(LoadImages(settings)).with_outputs(
+            DEAD_LETTERS, main="images")
+        predictions, failed = (images.images | "RunInference"
+                               >> RunInference(self._handler).with_exception_handling())
+        findings = predictions | "BuildFindings" >> beam.ParDo(
+            BuildFindings(settings)).with_outputs(DEAD_LETTERS, main="findings")
+        failed_batches = failed.failed_inferences | "DeadLetterFailedBatches" >> beam.FlatMap(
+            dead_letters_for_failed_batch, settings)
+        return {"findings": findings.findings, "dead_letters/Load": images[DEAD_LETTERS],
+                "dead_letters/Findings": findings[DEAD_LETTERS],
+                "dead_letters/FailedBatches": failed_batches}
+
+
+def dead_letter_outputs(scored: dict) -> dict:
+    """step -> dead-letter PCollection, from ScoreEvents' output."""
+    return {key.split("/", 1)[1]: pcoll for key, pcoll in scored.items()
+            if key.startswith("dead_letters/")}
+
+
 def build_pipeline(pipeline: beam.Pipeline, settings: JobSettings) -> None:
     """Wire the job into ``pipeline``: named steps, top to bottom."""
     handler = KerasModelHandler(
@@ -149,20 +182,12 @@ def build_pipeline(pipeline: beam.Pipeline, settings: JobSettings) -> None:
     records = pipeline | "ReadImageEvents" >> ReadFromKafka(settings.reader)
     events = records | "ParseEvents" >> beam.ParDo(ParseEvents(settings)).with_outputs(
         DEAD_LETTERS, main="events")
-    images = events.events | "LoadImages" >> beam.ParDo(LoadImages(settings)).with_outputs(
-        DEAD_LETTERS, main="images")
-    predictions, failed = (images.images
-                           | "RunInference" >> RunInference(handler).with_exception_handling())
-    findings = predictions | "BuildFindings" >> beam.ParDo(BuildFindings(settings)).with_outputs(
-        DEAD_LETTERS, main="findings")
-    failed_batches = failed.failed_inferences | "DeadLetterFailedBatches" >> beam.FlatMap(
-        dead_letters_for_failed_batch, settings)
+    scored = events.events | "ScoreEvents" >> ScoreEvents(settings, handler)
 
-    _ = findings.findings | "PublishFindings" >> WriteToKafka(settings.writer)
+    _ = scored["findings"] | "PublishFindings" >> WriteToKafka(settings.writer)
     # One publishing step per branch: a Flatten would split the fused hot path.
-    for step, dead_letters in (("Parse", events[DEAD_LETTERS]), ("Load", images[DEAD_LETTERS]),
-                               ("Findings", findings[DEAD_LETTERS]),
-                               ("FailedBatches", failed_batches)):
+    branches = {"Parse": events[DEAD_LETTERS], **dead_letter_outputs(scored)}
+    for step, dead_letters in branches.items():
         _ = dead_letters | f"PublishDeadLetters{step}" >> WriteToKafka(settings.writer)
 
 

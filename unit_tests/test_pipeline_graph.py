@@ -54,10 +54,10 @@ def test_hot_path_has_no_stage_boundary(tmp_path):
 
 def test_steps_read_top_to_bottom(tmp_path):
     names = {t.unique_name for t in graph(tmp_path).components.transforms.values()}
-    for step in ("ReadImageEvents", "ParseEvents", "LoadImages", "RunInference",
-                 "BuildFindings", "PublishFindings", "PublishDeadLettersParse",
-                 "PublishDeadLettersLoad", "PublishDeadLettersFindings",
-                 "PublishDeadLettersFailedBatches"):
+    for step in ("ReadImageEvents", "ParseEvents", "ScoreEvents", "ScoreEvents/LoadImages",
+                 "ScoreEvents/RunInference", "ScoreEvents/BuildFindings", "PublishFindings",
+                 "PublishDeadLettersParse", "PublishDeadLettersLoad",
+                 "PublishDeadLettersFindings", "PublishDeadLettersFailedBatches"):
         assert step in names
 
 
