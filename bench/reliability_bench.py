@@ -31,6 +31,7 @@ from rich.table import Table
 from integration_tests.scenarios.delivery import (Topics, run_crash_scenario,
                                                   run_outage_scenario, run_replay_scenario)
 from integration_tests.scenarios.redis_server import RedisServer
+from streaming import logs
 from streaming.broker import EmbeddedBroker, free_port
 from streaming.demo import phantoms
 from streaming.demo.run import DEMO_MODEL, STUDY_IMAGE_SIZE, bootstrap_model
@@ -194,6 +195,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", default=str(RESULTS))
     args = parser.parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    # The table is the output; client reconnect chatter during outages would bury it.
+    logs.configure("ERROR")
     skip = set(filter(None, args.skip.split(",")))
     console = Console(width=140)
     results: dict = {"created_at": utc_now(), "machine": {"cpus": os.cpu_count()}}

@@ -34,6 +34,7 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
+from streaming import logs
 from streaming.broker import EmbeddedBroker
 from streaming.demo import phantoms
 from streaming.imaging.preprocessing import PreprocessingSpec
@@ -212,6 +213,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", default=str(RESULTS))
     args = parser.parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    # The table is the output; client reconnect chatter during outages would bury it.
+    logs.configure("ERROR")
     console = Console(width=150)  # the table is the point; do not squeeze it
     chosen = [m for m in MODELS if m.key in args.models.split(",")]
     results: dict = {"machine": {"cpus": os.cpu_count()}, "created_at": utc_now()}

@@ -17,9 +17,11 @@ GOOD_EVENTS = 30
 
 @pytest.mark.slow
 def test_bad_inputs_get_their_reason_good_events_their_finding_and_the_job_keeps_running(
-        kafka, topics, start_job, tmp_path):
+        kafka, topics, start_job, redis_server, tmp_path):
     # start_job allows tmp_path only: the workshop root; its "-outside" sibling is not.
-    job = start_job()
+    # With Redis, as in production: an input that reused another's event_id would get
+    # no outcome of its own, so this also checks that the campaign's inputs are distinct.
+    job = start_job("--redis_url", redis_server.url)
     report = run_hostile_campaign(kafka, topics, job, tmp_path, BAD_INPUTS, seed=1126,
                                   good=GOOD_EVENTS)
 

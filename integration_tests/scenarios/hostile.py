@@ -29,6 +29,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import hashlib
+import json
 import random
 import time
 import warnings
@@ -95,9 +96,13 @@ def _hypothesis_settings(examples: int) -> settings:
 
 
 def draw_examples(strategy: st.SearchStrategy, count: int, seed: int,
-                  distinct: Callable[[object], object] = lambda x: x) -> list:
-    """Up to ``count`` distinct examples of ``strategy``, the same for the same seed."""
-    found, seen = [], set()
+                  distinct: Callable[[object], object] = lambda x: x,
+                  seen: set | None = None) -> list:
+    """Up to ``count`` distinct examples of ``strategy``, the same for the same seed.
+
+    ``seen`` (updated) holds identities already taken, e.g. by another class's draws.
+    """
+    found, seen = [], set() if seen is None else seen
 
     @hypothesis_seed(seed)
     @_hypothesis_settings(count)
@@ -115,14 +120,29 @@ def draw_examples(strategy: st.SearchStrategy, count: int, seed: int,
     return found
 
 
+def carried_event_id(payload: bytes | None) -> str | None:
+    """The event_id a payload names, if it names one.
+
+    Two inputs naming one event_id are one event to a job with Redis (the second gets
+    no outcome of its own), so a campaign of distinct inputs never repeats one; hypothesis
+    draws the same few UUIDs often.
+    """
+    try:
+        document = json.loads(payload)
+    except (TypeError, ValueError, RecursionError):  # not JSON, or nested too deep
+        return None
+    event_id = document.get("event_id") if isinstance(document, dict) else None
+    return event_id if isinstance(event_id, str) and event_id else None
+
+
 def draw_hostile(shop: Workshop, hostile_class: HostileClass, count: int,
-                 seed: int) -> list[HostileInput]:
+                 seed: int, seen: set | None = None) -> list[HostileInput]:
     """``count`` distinct bad inputs of one class (fewer if the class caps it)."""
     count = min(count, hostile_class.most or count)
     key = st.binary(min_size=1, max_size=16) if hostile_class.name == "tombstone_record" \
         else st.none()
     pairs = draw_examples(st.tuples(hostile_class.strategy(shop), key), count, seed,
-                          distinct=lambda pair: pair)
+                          distinct=lambda pair: carried_event_id(pair[0]) or pair, seen=seen)
     return [HostileInput(hostile_class.name, hostile_class.reason.value, payload, key)
             for payload, key in pairs]
 
@@ -131,11 +151,13 @@ def build_campaign(shop: Workshop, count: int, seed: int, good: int,
                    classes: tuple[HostileClass, ...] = HOSTILE_CLASSES) -> Campaign:
     """``count`` bad inputs spread over ``classes`` and ``good`` good events between them."""
     bad: list[HostileInput] = []
+    taken: set = set()   # event_ids (or whole inputs) already in the campaign
     for index, hostile_class in enumerate(classes):
         share = count // len(classes) + (index < count % len(classes))
-        bad.extend(draw_hostile(shop, hostile_class, share, seed + index))
+        bad.extend(draw_hostile(shop, hostile_class, share, seed + index, taken))
     good_events = [GoodEvent(*example) for example in
-                   draw_examples(good_event(shop), good, seed - 1, distinct=lambda e: e[0])]
+                   draw_examples(good_event(shop), good, seed - 1, distinct=lambda e: e[0],
+                                 seen=taken)]
     random.Random(seed).shuffle(bad)
     return Campaign(_interleave(bad, good_events), seed)
 
