@@ -108,7 +108,8 @@ def outage(bench: Bench, console: Console, seconds: float) -> dict:
 
 def hostile(bench: Bench, console: Console, count: int) -> dict:
     from integration_tests.scenarios.hostile import run_hostile_campaign  # noqa: PLC0415
-    console.print(f"hostile input: {count} bad inputs, interleaved with good events")
+    console.print(f"hostile input: {count} bad inputs asked for (classes with a cap send fewer), "
+                  "interleaved with good events")
     topics = bench.topics("hostile")
     # Only the campaign's own folder is allowed: its out-of-root files must stay out.
     workshop = bench.workdir / "hostile"
