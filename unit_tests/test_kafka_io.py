@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import threading
+import types
+
 import pytest
 from apache_beam.io.restriction_trackers import OffsetRange
+from apache_beam.io.watermark_estimators import ManualWatermarkEstimator
 
 from streaming.kafka.config import KafkaConfig, KafkaConfigError
 from streaming.kafka.ledger import OffsetLedger
-from streaming.kafka.source import END_OF_TIME, ReaderSettings, ReadPartitions
+from streaming.kafka.source import END_OF_TIME, PartitionToRead, ReaderSettings, ReadPartitions
 from streaming.records import SourcePosition
 
 
@@ -72,6 +76,21 @@ def test_a_retried_bundle_rereading_earlier_offsets_keeps_order():
     assert ledger.to_commit("events", 0) == 8
 
 
+def test_settling_a_replay_of_committed_offsets_keeps_no_state():
+    ledger = OffsetLedger()
+    for p in positions(0, 1, 2):
+        ledger.read(p)
+        ledger.settle(p)
+    assert ledger.to_commit("events", 0) == 3
+    for p in positions(0, 1, 2):   # replayed (or skipped by dedup) after the commit
+        ledger.read(p)
+        ledger.settle(p)
+    # Nothing would ever clear such offsets: a long replay would grow the ledger forever.
+    assert ledger._ledger("events", 0).settled == set()
+    assert ledger.outstanding("events", 0) == 0
+    assert ledger.to_commit("events", 0) == 3
+
+
 def test_secrets_come_from_the_environment_or_files_never_options(tmp_path):
     password_file = tmp_path / "password"
     password_file.write_text("s3cret\n")
@@ -111,3 +130,58 @@ def test_partition_restrictions_are_unbounded_offset_ranges():
     tracker.check_done()
     assert list(reader.split(None, OffsetRange(42, END_OF_TIME))) == [
         OffsetRange(42, END_OF_TIME)]
+
+
+class _PartitionLog:
+    """A consumer of one partition holding offsets 0..n-1: poll moves the position."""
+
+    def __init__(self, n: int):
+        self.records = [types.SimpleNamespace(topic="events", partition=0, offset=o, key=None,
+                                              value=b"{}", timestamp=1_000) for o in range(n)]
+        self.position = 0
+
+    def seek(self, _partition, offset):
+        self.position = offset
+
+    def poll(self, timeout_ms, max_records):
+        batch = self.records[self.position:self.position + max_records]
+        self.position += len(batch)
+        return {next(iter(self.assigned)): batch} if batch else {}
+
+
+class _CheckpointingTracker:
+    """The runner checkpoints after ``claims`` claims, as Dataflow may mid-bundle."""
+
+    def __init__(self, start: int, claims: int):
+        self.start, self.claims = start, claims
+
+    def current_restriction(self):
+        return OffsetRange(self.start, END_OF_TIME)
+
+    def try_claim(self, _offset):
+        self.claims -= 1
+        return self.claims >= 0
+
+    def defer_remainder(self):
+        pass
+
+
+def test_records_polled_past_a_checkpoint_are_read_by_the_remainder():
+    from kafka import TopicPartition  # noqa: PLC0415
+
+    reader = ReadPartitions(ReaderSettings(KafkaConfig(), "events", "checkpoint-test"))
+    reader.setup()
+    log = _PartitionLog(5)
+    partition = TopicPartition("events", 0)
+    log.assigned = [partition]
+    reader._consumers[partition], reader._locks[partition] = log, threading.Lock()
+    finalizer = types.SimpleNamespace(register=lambda _callback: None)
+
+    def read(tracker):
+        return [r.value.position.offset for r in reader.process(
+            PartitionToRead("events", 0), finalizer, tracker, ManualWatermarkEstimator(None))]
+
+    # The first call polls all five records but may claim only two.
+    assert read(_CheckpointingTracker(0, claims=2)) == [0, 1]
+    # The remainder starts at 2: records 2-4 were polled already and must not be lost.
+    assert read(_CheckpointingTracker(2, claims=100)) == [2, 3, 4]

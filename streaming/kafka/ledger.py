@@ -55,6 +55,8 @@ class OffsetLedger:
         """This record's outcome is acknowledged by the broker."""
         with self._lock:
             ledger = self._ledger(position.topic, position.partition)
+            if ledger.committable is not None and position.offset < ledger.committable:
+                return  # a replay that read() did not track: nothing would ever clear it
             ledger.settled.add(position.offset)
             while ledger.outstanding and ledger.outstanding[0] in ledger.settled:
                 offset = ledger.outstanding.popleft()

@@ -170,7 +170,11 @@ class ReadPartitions(beam.DoFn, RestrictionProvider):
         now = time.time()
         for record in records:
             if not tracker.try_claim(record.offset):
-                return  # the runner split the restriction: the rest is someone else's
+                # The runner split or checkpointed the restriction: the rest is read
+                # again by the remainder. The consumer has already polled past it, so
+                # the next call must seek rather than trust the position.
+                self._next_offset.pop(partition, None)
+                return
             self._next_offset[partition] = record.offset + 1
             position = SourcePosition(record.topic, record.partition, record.offset)
             self._ledger.read(position)
