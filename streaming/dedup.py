@@ -39,6 +39,7 @@ from typing import Iterable
 import redis
 
 from streaming.records import SourcePosition
+from streaming.secrets import read_secret
 
 LOG = logging.getLogger(__name__)
 
@@ -103,24 +104,16 @@ class RedisSettings:
                              "process lists); set MEDIMG_REDIS_USERNAME / MEDIMG_REDIS_PASSWORD")
 
     def client(self, environ=None) -> redis.Redis:
-        environ = os.environ if environ is None else environ
         options = {"socket_timeout": 2.0, "socket_connect_timeout": 2.0,
                    "health_check_interval": 30, "decode_responses": True}
         for option, variable in (("username", "MEDIMG_REDIS_USERNAME"),
                                  ("password", "MEDIMG_REDIS_PASSWORD")):
-            value = environ.get(variable) or _read_file(environ.get(f"{variable}_FILE"))
+            value = read_secret(variable, environ)
             if value:
                 options[option] = value
         if self.ssl_cafile:
             options["ssl_ca_certs"] = self.ssl_cafile
         return redis.Redis.from_url(self.url, **options)
-
-
-def _read_file(path: str | None) -> str | None:
-    if not path:
-        return None
-    with open(path, encoding="utf-8") as handle:
-        return handle.read().strip()
 
 
 @dataclasses.dataclass(frozen=True)

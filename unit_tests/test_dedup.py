@@ -134,3 +134,10 @@ def test_a_live_holder_is_waited_for_then_taken_over(claims, server):
     store(server, "slow-worker").claim_many(["x"])
     assert [r.event_id for r in sink_claims.claim([record("x", 5)])] == ["x"]
     assert store(server, "anyone").pending()["x"][0] == dedup.OWNER  # the claim is ours now
+
+
+def test_an_unreadable_password_file_is_named_not_a_bare_os_error(tmp_path):
+    from streaming.secrets import SecretUnreadable  # noqa: PLC0415
+
+    with pytest.raises(SecretUnreadable, match="MEDIMG_REDIS_PASSWORD_FILE names .*missing"):
+        SETTINGS.client({"MEDIMG_REDIS_PASSWORD_FILE": str(tmp_path / "missing")})

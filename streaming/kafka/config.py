@@ -17,6 +17,8 @@ from __future__ import annotations
 import dataclasses
 import os
 
+from streaming.secrets import SecretUnreadable, read_secret
+
 SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER")
 
@@ -30,20 +32,6 @@ _SECRETS = {
 
 class KafkaConfigError(ValueError):
     """Settings that cannot work; the message says which and how to fix it."""
-
-
-def _secret(variable: str, environ) -> str | None:
-    if environ.get(variable):
-        return environ[variable]
-    path = environ.get(f"{variable}_FILE")
-    if path:
-        try:
-            with open(path, encoding="utf-8") as handle:
-                return handle.read().strip()
-        except OSError as error:
-            raise KafkaConfigError(
-                f"{variable}_FILE names {path!r}, which cannot be read ({error.strerror})") from None
-    return None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,7 +66,10 @@ class KafkaConfig:
             if getattr(self, name):
                 settings[name] = getattr(self, name)
         for setting, variable in _SECRETS.items():
-            value = _secret(variable, environ)
+            try:
+                value = read_secret(variable, environ)
+            except SecretUnreadable as error:
+                raise KafkaConfigError(str(error)) from None
             if value is not None:
                 settings[setting] = value
         if self.security_protocol.startswith("SASL") and self.sasl_mechanism in (
