@@ -107,8 +107,3 @@ def _field_names(error: jsonschema.ValidationError) -> str:
     instance = error.instance if isinstance(error.instance, dict) else {}
     # Unknown field names are sender-chosen strings; show at most a count.
     return f"{len(set(instance) - allowed)} unknown field(s)"
-
-
-def validate(name: str, document: object) -> None:
-    """Raise jsonschema.ValidationError when the document breaks the named schema."""
-    validator(name).validate(document)

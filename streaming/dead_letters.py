@@ -15,7 +15,7 @@ import json
 import time
 import uuid
 
-from streaming import contracts, metrics
+from streaming import metrics
 from streaming.reasons import Reason
 from streaming.records import OutboundRecord, SourcePosition, utc_iso
 
@@ -105,7 +105,3 @@ def dead_letter_record(rejection: Rejection, source: SourcePosition, payload: by
     return OutboundRecord(kind=OutboundRecord.DEAD_LETTER, key=key.encode("utf-8"),
                           value=json.dumps(document, separators=(",", ":")).encode("utf-8"),
                           source=source, source_payload=payload, event_id=event_id)
-
-
-def is_valid(document: dict) -> bool:
-    return not contracts.errors(contracts.DEAD_LETTER, document)

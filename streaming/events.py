@@ -66,6 +66,9 @@ def rfc3339_epoch(text: str) -> float:
     return dt.datetime.fromisoformat(text.upper().replace("Z", "+00:00")).timestamp()
 
 
+_EVENT_FIELDS = frozenset(field.name for field in dataclasses.fields(ImageEvent))
+
+
 def parse_event(payload: bytes | None, max_bytes: int = DEFAULT_MAX_EVENT_BYTES) -> ImageEvent:
     """Bytes from the events topic -> a valid ImageEvent, or EventRejected saying why."""
     if payload is None:
@@ -100,8 +103,7 @@ def parse_event(payload: bytes | None, max_bytes: int = DEFAULT_MAX_EVENT_BYTES)
         raise EventRejected(Reason.SCHEMA_VIOLATION,
                             "event breaks schemas/image_event.v1.json: " + "; ".join(problems),
                             _safe_id(event_id), _safe_uid(study))
-    fields = {f.name for f in dataclasses.fields(ImageEvent)}
-    event = ImageEvent(**{k: v for k, v in document.items() if k in fields})
+    event = ImageEvent(**{k: v for k, v in document.items() if k in _EVENT_FIELDS})
     _check_sent_at(event)
     return event
 

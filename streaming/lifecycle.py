@@ -20,15 +20,6 @@ def drain_requested() -> bool:
     return _DRAIN.is_set()
 
 
-def request_drain() -> None:
-    _DRAIN.set()
-
-
-def reset() -> None:
-    """Forget an earlier drain (tests run several jobs in one process)."""
-    _DRAIN.clear()
-
-
 def install_signal_handlers() -> None:
     """First SIGTERM/SIGINT drains; a second one stops at once (nothing committed is lost)."""
     def handle(signum, _frame):

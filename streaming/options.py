@@ -8,11 +8,10 @@ Secrets are not options: see streaming/kafka/config.py.
 from __future__ import annotations
 
 import dataclasses
-import os
-import tempfile
 
 from apache_beam.options.pipeline_options import KafkaStreamsRunnerOptions, PipelineOptions
 
+from streaming.dead_letters import DEFAULT_PAYLOAD_BYTES
 from streaming.dedup import DEFAULT_TAKEOVER_S, DEFAULT_TTL_S, RedisSettings
 from streaming.events import DEFAULT_MAX_EVENT_BYTES
 from streaming.imaging.access import AccessPolicy
@@ -20,6 +19,7 @@ from streaming.imaging.types import ImageLimits
 from streaming.kafka.config import KafkaConfig
 from streaming.kafka.sink import WriterSettings
 from streaming.kafka.source import ReaderSettings
+from streaming.modeling.serving import DEFAULT_POLL_S
 
 # The local runner, named explicitly: Beam's DirectRunner would first try to
 # download the Prism runner from GitHub, which fails offline and would make local
@@ -74,7 +74,7 @@ class StreamingOptions(PipelineOptions):
                            help="model to serve (default: %(default)s)")
         model.add_argument("--model_version", default=None,
                            help="pin a version instead of following the production pointer")
-        model.add_argument("--model_poll_s", type=float, default=2.0,
+        model.add_argument("--model_poll_s", type=float, default=DEFAULT_POLL_S,
                            help="how often the job checks the registry's production pointer "
                                 "for a newly promoted version to swap to (default: %(default)s)")
         model.add_argument("--min_batch_size", type=int, default=None,
@@ -119,8 +119,10 @@ class StreamingOptions(PipelineOptions):
                             help="rows x columns limit per frame (default: %(default)s)")
         images.add_argument("--max_frames", type=int, default=ImageLimits.max_frames,
                             help="frames limit per instance (default: %(default)s)")
-        images.add_argument("--dead_letter_payload_bytes", type=int, default=16 * 1024,
-                            help="how much of a bad event a dead letter keeps (default: %(default)s)")
+        images.add_argument("--dead_letter_payload_bytes", type=int,
+                            default=DEFAULT_PAYLOAD_BYTES,
+                            help="how much of a bad event a dead letter keeps "
+                                 "(default: %(default)s)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -172,7 +174,7 @@ class OptionsError(ValueError):
 
 def allowed_roots(value: str | None) -> tuple[str, ...]:
     if not value:
-        return (os.getcwd(), tempfile.gettempdir())
+        return AccessPolicy.default().allowed_roots
     return tuple(root.strip() for root in value.split(",") if root.strip())
 
 

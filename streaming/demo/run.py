@@ -64,7 +64,7 @@ def bootstrap_model(registry_root: Path, workdir: Path, *, seed: int, progress: 
     return train_and_register(config, progress=progress)
 
 
-def broken_events(workdir: Path, studies: Path, sample: Path) -> list[tuple[bytes, str]]:
+def broken_events(studies: Path, sample: Path) -> list[tuple[bytes, str]]:
     """(payload, expected dead-letter reason): what a misbehaving sender might publish."""
     not_dicom = studies / "notes.dcm"
     not_dicom.write_text("report pending, not an image\n")
@@ -136,7 +136,7 @@ def run_demo(workdir: str = ".medimg-demo", studies: int = 24, seed: int = 7,
 def _stream(console: Console, config: KafkaConfig, job: LocalJob, cases, studies_dir: Path) -> int:
     events = [event_for_file(case.path, sender=SENDER) for case in cases]
     truth = {event.event_id: case for event, case in zip(events, cases)}
-    broken = broken_events(studies_dir.parent, studies_dir, cases[0].path)
+    broken = broken_events(studies_dir, cases[0].path)
 
     with OutcomeLog(config, TOPICS["findings"], TOPICS["dead_letters"]) as log:
         with console.status("starting the streaming job (Beam, Keras, model)…"):

@@ -157,7 +157,6 @@ class _Geometry:
     rows: int
     columns: int
     frames: int
-    samples: int
     photometric: str
 
 
@@ -332,7 +331,7 @@ def _checked_geometry(dataset: Dataset, limits: ImageLimits) -> _Geometry:
     if samples != (1 if photometric in _GRAYSCALE + (_PALETTE,) else 3):
         raise _bad_pixel_description("Samples per Pixel")
     _check_limits(rows, columns, frames, samples, limits)
-    return _Geometry(rows, columns, frames, samples, photometric)
+    return _Geometry(rows, columns, frames, photometric)
 
 
 def _check_limits(rows: int, columns: int, frames: int, samples: int,

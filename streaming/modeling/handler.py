@@ -35,9 +35,6 @@ class KerasModelHandler(ModelHandler[ImageToScore, Scoring, ModelServer]):
         self._registry_root = model_registry
         self._model_name = model_name
         self._model_version = model_version
-        self._min_batch_size = min_batch_size
-        self._max_batch_size = max_batch_size
-        self._share = share_across_processes
         self._poll_s = poll_s
         self._seen = (0, 0)
 
@@ -67,9 +64,3 @@ class KerasModelHandler(ModelHandler[ImageToScore, Scoring, ModelServer]):
 
     def get_metrics_namespace(self) -> str:
         return "medimg.keras"
-
-    def batch_elements_kwargs(self) -> dict:
-        return {"min_batch_size": self._min_batch_size, "max_batch_size": self._max_batch_size}
-
-    def share_model_across_processes(self) -> bool:
-        return self._share

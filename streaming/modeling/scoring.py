@@ -114,8 +114,7 @@ class ModelServer:
         results: list[Scoring | None] = [None] * len(batch)
         inputs, rows = [], []
         for i, item in enumerate(batch):
-            frame = {"modality": item.modality, "frame_index": item.image.frame_index,
-                     "frame_count": item.image.frame_count}
+            frame = _frame_fields(item)
             reason = metadata.applicability.not_applicable_reason(
                 item.modality, item.body_part_examined, item.image.photometric_interpretation)
             if reason:
@@ -124,20 +123,18 @@ class ModelServer:
                 continue
             try:
                 inputs.append(preprocess(item.image.pixels, metadata.preprocessing))
-                rows.append(i)
+                rows.append((i, frame))
             except ValueError as error:
                 results[i] = Scoring(Scoring.FAILED, **common, **frame,
                                      failure=f"image cannot be preprocessed: {error}")
         if inputs:
             probabilities = self.loaded.predict(np.stack(inputs))
-            for i, row in zip(rows, probabilities):
-                results[i] = self._read(row, batch[i], common)
+            for (i, frame), row in zip(rows, probabilities):
+                results[i] = self._read(row, common, frame)
         return results
 
-    def _read(self, probabilities: np.ndarray, item: ImageToScore, common: dict) -> Scoring:
+    def _read(self, probabilities: np.ndarray, common: dict, frame: dict) -> Scoring:
         metadata = self.loaded.metadata
-        frame = {"modality": item.modality, "frame_index": item.image.frame_index,
-                 "frame_count": item.image.frame_count}
         if not np.all(np.isfinite(probabilities)):
             return Scoring(Scoring.FAILED, **common, **frame,
                            failure="the model produced a non-finite score (NaN or infinity)")
@@ -147,3 +144,9 @@ class ModelServer:
                                    "its output layer must be a softmax or sigmoid")
         return Scoring(Scoring.SCORED, **common, **frame, decision=metadata.decide(probabilities),
                        threshold=metadata.threshold, urgent_threshold=metadata.urgent_threshold)
+
+
+def _frame_fields(item: ImageToScore) -> dict:
+    """What every scoring says about the image it is about."""
+    return {"modality": item.modality, "frame_index": item.image.frame_index,
+            "frame_count": item.image.frame_count}
