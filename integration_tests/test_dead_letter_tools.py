@@ -13,13 +13,12 @@ import json
 import shutil
 
 import pytest
-from kafka import KafkaProducer
 
 from streaming.kafka.reading import read_topic
 from streaming import dead_letter_tools
 from streaming.demo import phantoms
 from streaming.kafka.admin import ensure_topics
-from streaming.modality import event_for_file, publish_events
+from streaming.modality import event_for_file, publish_events, publish_raw
 from streaming.outcomes import OutcomeLog
 from integration_tests.conftest import STUDY_IMAGE_SIZE
 
@@ -47,10 +46,7 @@ def test_list_then_replay_an_image_that_was_not_there_yet(kafka, topics, start_j
     job = start_job()
     with OutcomeLog(kafka, topics.findings, topics.dead_letters) as log:
         publish_events(kafka, topics.events, [not_yet, changed])
-        producer = KafkaProducer(**kafka.client_kwargs(), acks="all")
-        producer.send(topics.events, value=b'{"schema_version": 1, "event_id": "oops"')
-        producer.flush()
-        producer.close()
+        publish_raw(kafka, topics.events, [b'{"schema_version": 1, "event_id": "oops"'])
         assert log.wait_for_count(3, JOB_START_S), job.log_tail()
 
         summary = dead_letter_tools.summarise(kafka, topics.dead_letters)

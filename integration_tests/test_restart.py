@@ -85,4 +85,4 @@ def test_killed_job_loses_nothing_after_restart(kafka, topics, start_job, study_
         findings = [o.document for o in log.by_event[event_id]]
         assert len({f["finding_id"] for f in findings}) == 1
         assert len({tuple(sorted(f["scores"].items())) for f in findings}) == 1
-    assert {e.event_id for e in events} <= set(log.by_event)
+    assert {e.event_id for e in events} == set(log.by_event), "an outcome of no event"

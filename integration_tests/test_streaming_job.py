@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pydicom
 import pytest
-from kafka import KafkaProducer
 from pydicom.uid import generate_uid
 
 from streaming import contracts
@@ -16,7 +15,7 @@ from streaming.demo.reference_data import ScannerFilesMissing, scanner_files
 from streaming.events import new_event
 from streaming.imaging.decoding import decode_image_bytes
 from streaming.imaging.types import ImageLimits, ImageRejected
-from streaming.modality import event_for_file, publish_events
+from streaming.modality import event_for_file, publish_events, publish_raw
 from streaming.outcomes import OutcomeLog
 from integration_tests.conftest import STUDY_IMAGE_SIZE
 from integration_tests.scenarios import bad_files
@@ -87,14 +86,6 @@ def broken_events(tmp_path: Path, good: Path) -> list[tuple[bytes, str]]:
     ]
 
 
-def publish_raw(kafka, topic: str, payloads: list[bytes]) -> None:
-    producer = KafkaProducer(**kafka.client_kwargs(), acks="all")
-    for payload in payloads:
-        producer.send(topic, value=payload, key=b"broken")
-    producer.flush()
-    producer.close()
-
-
 @pytest.mark.slow
 def test_scanner_files_and_broken_events_each_get_exactly_one_outcome(
         kafka, topics, start_job, tmp_path):
@@ -114,7 +105,7 @@ def test_scanner_files_and_broken_events_each_get_exactly_one_outcome(
     with OutcomeLog(kafka, topics.findings, topics.dead_letters) as log:
         publish_events(kafka, topics.events, phantom[:1])
         assert log.wait_for_count(1, JOB_START_S), job.log_tail()  # the job is up
-        publish_raw(kafka, topics.events, [payload for payload, _ in broken])
+        publish_raw(kafka, topics.events, [payload for payload, _ in broken], key=b"broken")
         publish_events(kafka, topics.events, events + phantom[1:])
         assert log.wait_for(wanted, 300, extra_dead_letters=1), job.log_tail()
         log.drain(quiet_s=3)

@@ -159,7 +159,21 @@ def publish_events(config: KafkaConfig, topic: str, events: Iterable[ImageEvent]
     return sent
 
 
+def publish_raw(config: KafkaConfig, topic: str, payloads: Iterable[bytes],
+                key: bytes | None = None) -> int:
+    """Send payloads exactly as given (a misbehaving sender, a replayed record); acks=all."""
+    producer = KafkaProducer(**config.client_kwargs(), acks="all")
+    try:
+        futures = [producer.send(topic, value=payload, key=key) for payload in payloads]
+        producer.flush()
+        for future in futures:
+            future.get(timeout=30)  # raises if the broker refused one
+    finally:
+        producer.close()
+    return len(futures)
+
+
 def restamp(event: ImageEvent) -> ImageEvent:
     """The same image announced again now, as a new event (a modality re-sending it)."""
-    return dataclasses.replace(new_event(**{
-        k: v for k, v in dataclasses.asdict(event).items() if k not in ("event_id", "sent_at")}))
+    return new_event(**{
+        k: v for k, v in dataclasses.asdict(event).items() if k not in ("event_id", "sent_at")})

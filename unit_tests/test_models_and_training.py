@@ -6,6 +6,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -246,7 +247,10 @@ def test_registered_model_finds_lesions_in_unseen_phantoms(trained):
 
 @pytest.mark.slow
 def test_second_training_gets_version_2_and_leaves_production(trained, tmp_path):
-    config, _ = trained
+    # A copy of the shared registry: the tests reading version 1 must not depend on order.
+    shared, _ = trained
+    config = dataclasses.replace(shared, model_registry=str(tmp_path / "registry"))
+    shutil.copytree(shared.model_registry, config.model_registry)
     small = phantoms.write_phantom_npz(tmp_path / "small.npz", n_train=32, n_val=16,
                                        size=PHANTOM_SIZE, seed=3)
     # No calibration split: the configured threshold is kept.

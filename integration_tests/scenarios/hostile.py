@@ -20,7 +20,7 @@ at every size; ``integration_tests/test_hostile_input.py`` runs it small and
 ``make bench-reliability`` in full.
 
 The job must be started with ``--allowed_roots`` naming the workshop root only
-(``job_arguments``): the campaign writes its "outside" files next to it and
+(and the default image limits): the campaign writes its "outside" files next to it and
 expects every read there to be refused.
 """
 
@@ -43,8 +43,7 @@ from hypothesis.errors import HypothesisWarning
 from kafka import KafkaProducer
 
 from integration_tests.scenarios.hostile_inputs import (HOSTILE_CLASSES, HostileClass, Workshop,
-                                                        good_event, job_arguments,
-                                                        prepare_workshop)
+                                                        good_event, prepare_workshop)
 from streaming import contracts
 from streaming.events import DEFAULT_MAX_EVENT_BYTES
 from streaming.imaging.types import ImageLimits
@@ -53,7 +52,7 @@ from streaming.kafka.config import KafkaConfig
 from streaming.outcomes import OutcomeLog
 
 __all__ = ["HOSTILE_CLASSES", "HostileReport", "build_campaign", "check_outcomes",
-           "job_arguments", "publish_campaign", "run_hostile_campaign"]
+           "publish_campaign", "run_hostile_campaign"]
 
 JOB_START_S = 180.0
 
@@ -337,8 +336,8 @@ def run_hostile_campaign(config: KafkaConfig, topics, job, workdir: Path, count:
     """Publish ``count`` bad inputs and ``good`` good events to a running job; judge them.
 
     ``topics`` has ``events``, ``findings`` and ``dead_letters`` (topic names); ``job``
-    is the running ``LocalJob``, started with ``job_arguments(workdir)`` and the
-    given limits. ``good`` defaults to a quarter of ``count``.
+    is the running ``LocalJob``, started with ``--allowed_roots`` naming ``workdir``
+    only and the given limits. ``good`` defaults to a quarter of ``count``.
     """
     started = time.monotonic()
     shop = prepare_workshop(workdir, limits, max_event_bytes)

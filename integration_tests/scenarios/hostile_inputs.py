@@ -162,11 +162,6 @@ def _special_files(root: Path, outside: Path, limits: ImageLimits) -> dict[str, 
             "dangling": dangling, "linked_folder": linked_folder, "deflate_bomb": bomb}
 
 
-def job_arguments(workshop_root: Path) -> list[str]:
-    """The job options the campaign's expectations assume (the limits are defaults)."""
-    return ["--allowed_roots", str(Path(workshop_root).resolve())]
-
-
 # -- events ----------------------------------------------------------------------------
 
 def _uid(number: int) -> str:

@@ -29,7 +29,7 @@ from streaming.events import new_event
 from streaming.kafka.admin import ensure_topics
 from streaming.kafka.config import KafkaConfig
 from streaming.local_job import LocalJob
-from streaming.modality import event_for_file, publish_events
+from streaming.modality import event_for_file, publish_events, publish_raw
 from streaming.modeling.registry import ModelRegistry
 from streaming.outcomes import OutcomeLog
 
@@ -158,7 +158,8 @@ def _stream(console: Console, config: KafkaConfig, job: LocalJob, cases, studies
             progress.update(task, completed=1)
             publish_events(config, TOPICS["events"], events[1:], rate_per_s=PUBLISH_RATE,
                            on_sent=lambda _e: _advance(log, progress, task))
-            _publish_raw(config, [payload for payload, _ in broken])
+            publish_raw(config, TOPICS["events"], [payload for payload, _ in broken],
+                        key=b"demo-broken")
             arrived = log.wait_for([e.event_id for e in events], timeout_s=120,
                                    on_outcome=lambda _o: progress.update(
                                        task, completed=len(log.outcomes)),
@@ -172,15 +173,6 @@ def _stream(console: Console, config: KafkaConfig, job: LocalJob, cases, studies
 def _advance(log: OutcomeLog, progress: Progress, task) -> None:
     log.poll(timeout_ms=0)
     progress.update(task, completed=len(log.outcomes))
-
-
-def _publish_raw(config: KafkaConfig, payloads: list[bytes]) -> None:
-    from kafka import KafkaProducer  # noqa: PLC0415
-    producer = KafkaProducer(**config.client_kwargs(), acks="all")
-    for payload in payloads:
-        producer.send(TOPICS["events"], value=payload, key=b"demo-broken")
-    producer.flush()
-    producer.close()
 
 
 def _summarise(console: Console, log: OutcomeLog, truth: dict, broken, arrived: bool,
