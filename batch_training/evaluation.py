@@ -149,11 +149,6 @@ def positive_scores(loaded: LoadedModel, images: np.ndarray, batch_size: int = 2
 
 # -- a registered version on a data split ------------------------------------------------
 
-# The one split loader is datasets.load_split (npz, folder, labels CSV or shards).
-LabeledSplit = datasets.LabeledSplit
-load_split = datasets.load_split
-
-
 def _names_for_unnamed_npz(data: str | Path, model_classes: Sequence[str]):
     """The model's classes for an npz that stores no class names, else None.
 
@@ -167,7 +162,7 @@ def _names_for_unnamed_npz(data: str | Path, model_classes: Sequence[str]):
         return None if "class_names" in arrays.files else tuple(model_classes)
 
 
-def binary_labels(split: LabeledSplit, model_classes: Sequence[str],
+def binary_labels(split: datasets.LabeledSplit, model_classes: Sequence[str],
                   positive_class: str) -> np.ndarray:
     """1 where an image's class is the model's ``positive_class``, else 0.
 
@@ -183,22 +178,36 @@ def binary_labels(split: LabeledSplit, model_classes: Sequence[str],
 
 def evaluate_version(model_registry: str, model_name: str, version: str | None, data: str,
                      split: str = "val", *, class_names: Sequence[str] | None = None,
-                     with_images: bool = False) -> tuple:
+                     labels_csv: str | None = None, with_images: bool = False) -> tuple:
     """Evaluate one registered version (production when ``version`` is None) on ``split``.
+
+    See ``evaluate_loaded``; this loads the version first.
+    """
+    registry = ModelRegistry(model_registry)
+    loaded = load_model(registry, model_name, registry.resolve(model_name, version))
+    return evaluate_loaded(loaded, data, split, class_names=class_names,
+                           labels_csv=labels_csv, with_images=with_images)
+
+
+def evaluate_loaded(loaded: LoadedModel, data: str, split: str = "val", *,
+                    class_names: Sequence[str] | None = None, labels_csv: str | None = None,
+                    with_images: bool = False) -> tuple:
+    """Evaluate a loaded model on ``split`` of ``data`` (npz, folder, or a DICOM folder
+    with ``labels_csv``).
 
     The data is preprocessed with the version's own ``metadata.preprocessing`` and
     scored at its own ``metadata.threshold``. ``class_names`` name the data's classes
     in label order; by default a folder's class folders, an npz's stored
-    ``class_names``, or for an npz without them the model's own classes. Returns (result, binary labels (N,),
-    positive scores (N,)) so callers can draw the report from the same numbers, and
-    with ``with_images`` also the preprocessed images (N, H, W, C) that were scored.
+    ``class_names``, or for an npz without them the model's own classes. Returns
+    (result, binary labels (N,), positive scores (N,)) so callers can draw the report
+    from the same numbers, and with ``with_images`` also the preprocessed images
+    (N, H, W, C) that were scored.
     """
-    registry = ModelRegistry(model_registry)
-    loaded = load_model(registry, model_name, registry.resolve(model_name, version))
     metadata = loaded.metadata
-    if class_names is None:
+    if class_names is None and labels_csv is None:
         class_names = _names_for_unnamed_npz(data, metadata.classes)
-    labeled = load_split(data, metadata.preprocessing, split, class_names)
+    labeled = datasets.load_split(data, metadata.preprocessing, split, class_names,
+                                  labels_csv=labels_csv)
     labels = binary_labels(labeled, metadata.classes, metadata.positive_class)
     scores = positive_scores(loaded, labeled.images)
     logger.info("evaluated %s on %d images of %s (%s)", metadata.model_id, len(labels), data,
@@ -332,7 +341,8 @@ def format_table(result: EvaluationResult) -> str:
 def run_evaluate(model_registry: str, model_name: str, version: str | None, data: str,
                  split: str = "val", json_path: str | None = None,
                  report_dir: str | None = None, *,
-                 class_names: Sequence[str] | None = None) -> EvaluationResult:
+                 class_names: Sequence[str] | None = None,
+                 labels_csv: str | None = None) -> EvaluationResult:
     """``medimg evaluate``: evaluate, print the table, and write JSON and a report on request.
 
     ``json_path``: write ``EvaluationResult.to_dict()`` there (keys ``JSON_KEYS`` plus
@@ -342,7 +352,8 @@ def run_evaluate(model_registry: str, model_name: str, version: str | None, data
     # Resolved once, so the version printed is the one evaluated even if production moves.
     resolved = ModelRegistry(model_registry).resolve(model_name, version)
     result, labels, scores = evaluate_version(model_registry, model_name, resolved, data,
-                                              split, class_names=class_names)
+                                              split, class_names=class_names,
+                                              labels_csv=labels_csv)
     print(f"{model_name}/{resolved} on {data} ({split} split)")
     print(format_table(result))
     if json_path:

@@ -22,9 +22,9 @@ import logging
 
 import numpy as np
 
-from batch_training.evaluation import evaluate_version
+from batch_training.evaluation import evaluate_loaded, evaluate_version
 from streaming.imaging.types import DecodedImage
-from streaming.modeling.loading import ModelRefused, load_model
+from streaming.modeling.loading import LoadedModel, ModelRefused, load_model
 from streaming.modeling.registry import PROMOTED, REJECTED, ModelRegistry
 from streaming.modeling.scoring import ImageToScore, ModelServer, Scoring
 
@@ -54,15 +54,14 @@ class GateDecision:
         return dataclasses.asdict(self)
 
 
-def check_serving_path(registry: ModelRegistry, name: str, version: str,
-                       images: np.ndarray, offline_scores: np.ndarray) -> None:
+def check_serving_path(loaded: LoadedModel, images: np.ndarray,
+                       offline_scores: np.ndarray) -> None:
     """Score ``images`` (the model's own preprocessed input) as the streaming job would.
 
     The images are handed over as display pixels (normalization undone), so the job's
     preprocessing runs for real and must give back exactly what evaluation fed.
     Raises ModelRefused when anything differs.
     """
-    loaded = load_model(registry, name, version)
     metadata = loaded.metadata
     spec = metadata.preprocessing
     modality = metadata.applicability.modalities[0] if metadata.applicability.modalities else "OT"
@@ -76,13 +75,12 @@ def check_serving_path(registry: ModelRegistry, name: str, version: str,
                           modality, body_part)
              for i, pixels in enumerate(display)]
     scorings = ModelServer(loaded).score(batch)
-    positive = metadata.classes.index(metadata.positive_class)
     for scoring, expected in zip(scorings, offline_scores):
         if scoring.status != Scoring.SCORED:
             raise ModelRefused(f"{metadata.model_id}: a validation image came out "
                                f"{scoring.status} on the serving path "
                                f"({scoring.failure or scoring.not_applicable_reason})")
-        served = scoring.decision.scores[metadata.classes[positive]]
+        served = scoring.decision.positive_score
         if abs(served - float(expected)) > SKEW_TOLERANCE:
             raise ModelRefused(f"{metadata.model_id}: serving scored {served:.6f} where "
                                f"offline evaluation scored {float(expected):.6f}: "
@@ -113,27 +111,32 @@ def decide(candidate: dict, production: dict | None, policy: GatePolicy) -> tupl
 
 def gate(model_registry: str, name: str, version: str, validation_data: str,
          policy: GatePolicy = GatePolicy(), split: str = "val",
-         class_names=None) -> GateDecision:
-    """Run the gate on a registered candidate and record the decision in the registry."""
+         class_names=None, labels_csv: str | None = None) -> GateDecision:
+    """Run the gate on a registered candidate and record the decision in the registry.
+
+    ``validation_data`` (with ``labels_csv`` for a DICOM folder) is raw data: each
+    model preprocesses it its own way, so production is re-scored fairly.
+    """
     registry = ModelRegistry(model_registry)
     production_version = registry.production(name)
     if production_version == version:
         raise ValueError(f"{name} version {version} is already production")
-    result, _labels, scores, images = evaluate_version(
-        model_registry, name, version, validation_data, split, class_names=class_names,
+    loaded = load_model(registry, name, version)   # the serving path's loader and checks
+    result, _labels, scores, images = evaluate_loaded(
+        loaded, validation_data, split, class_names=class_names, labels_csv=labels_csv,
         with_images=True)
     candidate = result.to_dict()
     try:
         count = min(policy.serving_samples, len(images))
-        check_serving_path(registry, name, version, images[:count], scores[:count])
+        check_serving_path(loaded, images[:count], scores[:count])
     except ModelRefused as refused:
         return _record(registry, GateDecision(name, version, False,
                                               f"serving path: {refused}", candidate))
     production = None
     if production_version is not None:
         production = evaluate_version(model_registry, name, production_version,
-                                      validation_data, split,
-                                      class_names=class_names)[0].to_dict()
+                                      validation_data, split, class_names=class_names,
+                                      labels_csv=labels_csv)[0].to_dict()
     promoted, reason = decide(candidate, production, policy)
     return _record(registry, GateDecision(name, version, promoted, reason, candidate,
                                           production_version, production))

@@ -66,11 +66,11 @@ def train(config: TrainingConfig, shards_dir: str, progress: bool = True) -> str
 
 
 def evaluate_candidate(model_registry: str, model_name: str, version: str, data: str,
-                       class_names=None) -> dict:
+                       class_names=None, labels_csv: str | None = None) -> dict:
     """Validation metrics of a candidate, with its report (plots, report.md) in its folder."""
     registry = ModelRegistry(model_registry)
     result, labels, scores = evaluate_version(model_registry, model_name, version, data, "val",
-                                              class_names=class_names)
+                                              class_names=class_names, labels_csv=labels_csv)
     version_dir = registry.version_uri(model_name, version)
     if "://" not in version_dir:  # object stores: the training report is already there
         write_report(result, labels, scores, Path(version_dir) / "evaluation",
@@ -92,7 +92,7 @@ def run_recipe(config: TrainingConfig, *, labels_csv: str | None = None, force: 
         shards = preprocess(config, str(Path(scratch) / "shards"), labels_csv)
         version = train(config, shards, progress)
     return gate(config.model_registry, config.model_name, version, config.data, policy,
-                class_names=config.class_names)
+                class_names=config.class_names, labels_csv=labels_csv)
 
 
 def config_from_params(params: dict) -> TrainingConfig:

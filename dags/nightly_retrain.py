@@ -77,7 +77,7 @@ def nightly_retrain():
         from batch_training.recipe import evaluate_candidate  # noqa: PLC0415
         params = get_current_context()["params"]
         return evaluate_candidate(params["model_registry"], params["model_name"], version,
-                                  params["data"], params["class_names"])
+                                  params["data"], params["class_names"], params["labels_csv"])
 
     @task
     def gate_and_promote(version: str, metrics: dict) -> dict:
@@ -86,7 +86,7 @@ def nightly_retrain():
         params = get_current_context()["params"]
         decision = gate(params["model_registry"], params["model_name"], version,
                         params["data"], policy_from_params(params),
-                        class_names=params["class_names"])
+                        class_names=params["class_names"], labels_csv=params["labels_csv"])
         LOG.info(("promoted: " if decision.promoted else "rejected: ") + decision.reason)
         return decision.to_dict()
 

@@ -222,7 +222,8 @@ def cmd_evaluate(args) -> int:
     try:
         run_evaluate(args.model_registry, args.model_name, args.model, args.data, args.split,
                      json_path=args.json, report_dir=args.report,
-                     class_names=args.class_names.split(",") if args.class_names else None)
+                     class_names=args.class_names.split(",") if args.class_names else None,
+                     labels_csv=args.labels_csv)
     except (FileNotFoundError, RegistryError, ModelRefused, ValueError) as error:
         raise CliError(str(error)) from None
     return 0
@@ -395,7 +396,11 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--model_registry", required=True)
     evaluate.add_argument("--model_name", default="pneumonia-cnn")
     evaluate.add_argument("--model", default=None, help="version (default: production)")
-    evaluate.add_argument("--data", required=True, help="an .npz or a <split>/<class>/ folder")
+    evaluate.add_argument("--data", required=True,
+                          help="an .npz, a <split>/<class>/ folder, or a DICOM folder with "
+                               "--labels_csv")
+    evaluate.add_argument("--labels_csv", default=None,
+                          help="CSV with columns path,label[,split] labeling --data's files")
     evaluate.add_argument("--split", default="val",
                           help="which split: <split>_images/_labels of an .npz, or the "
                                "<split>/ folder (default: %(default)s)")

@@ -376,3 +376,28 @@ def test_an_unexpected_decoder_failure_rejects_the_file_instead_of_stopping_the_
         decode_file(item, ImageLimits())
     assert rejected.value.reason.value == "undecodable_pixel_data"
     assert "RuntimeError" in rejected.value.message and "bug" not in rejected.value.message
+
+
+@pytest.mark.slow
+def test_the_recipe_gates_a_dicom_folder_with_a_labels_csv(tmp_path):
+    """Preprocessing, training, evaluation and the gate all read the CSV's labels."""
+    from batch_training.promotion import GateDecision  # noqa: PLC0415
+    from batch_training.recipe import run_recipe  # noqa: PLC0415
+    from batch_training.train import TrainingConfig  # noqa: PLC0415
+
+    root, rng = tmp_path / "archive", np.random.default_rng(11)
+    rows = ["path,label,split"]
+    for index in range(24):
+        label = ("normal", "lesion")[index % 2]
+        _write_phantom(root / "studies" / f"image_{index:02d}.dcm", rng, label == "lesion",
+                       index)
+        rows.append(f"studies/image_{index:02d}.dcm,{label},{'val' if index < 8 else 'train'}")
+    (root / "labels.csv").write_text("\n".join(rows) + "\n")
+    config = TrainingConfig(data=str(root), model_registry=str(tmp_path / "registry"),
+                            model_name="csv-model", height=28, width=28, epochs=1,
+                            batch_size=8, augmentation=False, calibration_fraction=0.0,
+                            threshold=0.5, class_names=("normal", "lesion"))
+    decision = run_recipe(config, labels_csv=str(root / "labels.csv"), progress=False,
+                          work_dir=str(tmp_path))
+    assert isinstance(decision, GateDecision)
+    assert decision.candidate["n"] == 8   # the CSV's val rows, scored by the gate
