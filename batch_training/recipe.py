@@ -95,9 +95,22 @@ def run_recipe(config: TrainingConfig, *, labels_csv: str | None = None, force: 
                 class_names=config.class_names, labels_csv=labels_csv)
 
 
+def parse_input_size(text: str) -> tuple[int, int]:
+    """(height, width) from "28" or "224x224"; ValueError saying what to give otherwise."""
+    try:
+        parts = [int(p) for p in str(text).lower().split("x")]
+    except ValueError:
+        parts = []
+    if len(parts) == 1:
+        parts *= 2
+    if len(parts) != 2 or min(parts) < 1:
+        raise ValueError(f"input size {text!r}: give one number (28) or HEIGHTxWIDTH (224x224)")
+    return parts[0], parts[1]
+
+
 def config_from_params(params: dict) -> TrainingConfig:
     """A TrainingConfig from a DAG run's params (strings and numbers from the UI or CLI)."""
-    height, width = (int(v) for v in str(params.get("input_size", "28x28")).lower().split("x"))
+    height, width = parse_input_size(params.get("input_size", "28x28"))
     return TrainingConfig(
         data=params["data"], model_registry=params["model_registry"],
         model_name=params.get("model_name", "pneumonia-cnn"),

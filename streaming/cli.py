@@ -134,10 +134,13 @@ def cmd_findings(args) -> int:
 def cmd_train(args) -> int:
     import dataclasses  # noqa: PLC0415
     from batch_training.promotion import GatePolicy  # noqa: PLC0415
-    from batch_training.recipe import run_recipe  # noqa: PLC0415
+    from batch_training.recipe import parse_input_size, run_recipe  # noqa: PLC0415
     from batch_training.train import TrainingConfig  # noqa: PLC0415
     from streaming.modeling.registry import RegistryError  # noqa: PLC0415
-    height, width = _input_size(args.input_size)
+    try:
+        height, width = parse_input_size(args.input_size)
+    except ValueError as error:
+        raise CliError(f"--input_size: {error}") from None
     given = {name: getattr(args, name) for name in ("epochs", "batch_size")
              if getattr(args, name) is not None}
     try:
@@ -248,18 +251,6 @@ def cmd_demo(args) -> int:
                         keep_running=False)
     except DemoError as error:
         raise CliError(str(error)) from None
-
-
-def _input_size(text: str) -> tuple[int, int]:
-    try:
-        parts = [int(p) for p in text.lower().split("x")]
-    except ValueError:
-        parts = []
-    if len(parts) == 1:
-        parts *= 2
-    if len(parts) != 2 or min(parts) < 1:
-        raise CliError(f"--input_size {text!r}: give one number (28) or HEIGHTxWIDTH (224x224)")
-    return parts[0], parts[1]
 
 
 # -- parser --------------------------------------------------------------------------

@@ -86,3 +86,15 @@ def test_train_missing_data_is_named(capsys, tmp_path):
     message = error_of(capsys, "train", "--data", str(missing), "--model_registry",
                        str(tmp_path / "r"))
     assert str(missing) in message
+
+
+def test_dag_params_and_the_cli_read_input_sizes_alike():
+    from batch_training.recipe import config_from_params  # noqa: PLC0415
+
+    base = {"data": "d.npz", "model_registry": "r"}
+    assert (config_from_params({**base, "input_size": "28"}).height,
+            config_from_params({**base, "input_size": "28"}).width) == (28, 28)
+    config = config_from_params({**base, "input_size": "224X192"})
+    assert (config.height, config.width) == (224, 192)
+    with pytest.raises(ValueError, match="HEIGHTxWIDTH"):
+        config_from_params({**base, "input_size": "big"})
