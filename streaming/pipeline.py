@@ -95,11 +95,8 @@ class LoadImages(beam.DoFn):
                            body_part_examined=image.body_part_examined or event.body_part_examined)
 
     def _dead_letter(self, received: ReceivedEvent, rejection: Rejection):
-        return beam.pvalue.TaggedOutput(DEAD_LETTERS, dead_letter_record(
-            rejection, received.record.position, received.record.value,
-            event_id=received.event.event_id,
-            study_instance_uid=received.event.study_instance_uid,
-            payload_limit=self._settings.dead_letter_payload_bytes))
+        return beam.pvalue.TaggedOutput(DEAD_LETTERS,
+                                        received_dead_letter(received, rejection, self._settings))
 
 
 class BuildFindings(beam.DoFn):
@@ -119,13 +116,20 @@ class BuildFindings(beam.DoFn):
         yield finding_record(received.event, received.record, scoring)
 
 
+def received_dead_letter(received: ReceivedEvent, rejection: Rejection, settings: JobSettings,
+                         model: dict | None = None) -> OutboundRecord:
+    """The dead letter of an event that parsed: it keeps the event's identity."""
+    return dead_letter_record(
+        rejection, received.record.position, received.record.value,
+        event_id=received.event.event_id, study_instance_uid=received.event.study_instance_uid,
+        model=model, payload_limit=settings.dead_letter_payload_bytes)
+
+
 def inference_dead_letter(received: ReceivedEvent, message: str, settings: JobSettings,
                           model: dict | None = None) -> OutboundRecord:
-    return dead_letter_record(
-        Rejection(Reason.INFERENCE_FAILURE, message, Stage.INFERENCE),
-        received.record.position, received.record.value, event_id=received.event.event_id,
-        study_instance_uid=received.event.study_instance_uid, model=model,
-        payload_limit=settings.dead_letter_payload_bytes)
+    return received_dead_letter(
+        received, Rejection(Reason.INFERENCE_FAILURE, message, Stage.INFERENCE), settings,
+        model)
 
 
 def dead_letters_for_failed_batch(failure, settings: JobSettings) -> Iterable[OutboundRecord]:

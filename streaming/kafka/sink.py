@@ -92,6 +92,7 @@ class BrokerProbe:
     def __init__(self, config: KafkaConfig):
         self._config = config
         self._consumer = None
+        self._lock = threading.Lock()   # one probe serves every sink thread of a process
         self._connect()
 
     def _connect(self) -> None:
@@ -103,15 +104,27 @@ class BrokerProbe:
             self._consumer = None
 
     def answers(self, topic: str) -> bool:
-        if self._consumer is None:
-            self._connect()
+        with self._lock:
             if self._consumer is None:
+                self._connect()
+                if self._consumer is None:
+                    return False
+            try:
+                self._consumer.end_offsets([TopicPartition(topic, 0)])
+                return True
+            except KafkaError:
                 return False
-        try:
-            self._consumer.end_offsets([TopicPartition(topic, 0)])
-            return True
-        except KafkaError:
-            return False
+
+
+_PROBES: dict[KafkaConfig, BrokerProbe] = {}
+
+
+def shared_probe(config: KafkaConfig) -> BrokerProbe:
+    """One probe (one consumer connection) per process and cluster, for all the sinks."""
+    with _PRODUCERS_LOCK:
+        if config not in _PROBES:
+            _PROBES[config] = BrokerProbe(config)
+        return _PROBES[config]
 
 
 class PublishToKafka(beam.DoFn):
@@ -124,7 +137,7 @@ class PublishToKafka(beam.DoFn):
         self._producer = shared_producer(self._settings.config, self._settings.max_request_bytes)
         self._ledger = ledger_for(self._settings.group_id)
         self._claims = Claims(self._settings.dedup, self._ledger) if self._settings.dedup else None
-        self._probe = BrokerProbe(self._settings.config)
+        self._probe = shared_probe(self._settings.config)
 
     def start_bundle(self):
         self._records: list[OutboundRecord] = []
