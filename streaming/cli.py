@@ -255,7 +255,9 @@ def cmd_demo(args) -> int:
 
 # -- parser --------------------------------------------------------------------------
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(stream_options: bool = True) -> argparse.ArgumentParser:
+    """The CLI's parser; ``stream_options=False`` leaves out the streaming job's own
+    options, which import Apache Beam (seconds) that no other command needs."""
     parser = argparse.ArgumentParser(
         prog="medimg", description="Streaming diagnostic pipeline for medical images.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -278,8 +280,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "pipeline option is accepted (--runner, --project, --region, "
                     "--temp_location, ...). Without --runner the job runs locally on "
                     "Beam's FnApiRunner.")
-    from streaming.options import StreamingOptions  # noqa: PLC0415
-    StreamingOptions._add_argparse_args(stream)  # noqa: SLF001 - show the job's own options
+    if stream_options:
+        from streaming.options import StreamingOptions  # noqa: PLC0415
+        StreamingOptions._add_argparse_args(stream)  # noqa: SLF001 - show the job's options
     stream.add_argument("--bootstrap_servers", default=DEFAULT_BOOTSTRAP,
                         help="Kafka bootstrap servers, comma-separated (default: %(default)s)")
     stream.add_argument("--runner", default=None,
@@ -426,7 +429,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     logs.configure()
-    parser = build_parser()
+    parser = build_parser(stream_options=bool(argv) and argv[0] == "stream")
     if argv and argv[0] == "stream":
         # Beam reads its own options from the full list; argparse here only checks ours.
         args, _unknown = parser.parse_known_args(argv)
