@@ -112,7 +112,15 @@ def decide(candidate: dict, production: dict | None, policy: GatePolicy) -> tupl
 def gate(model_registry: str, name: str, version: str, validation_data: str,
          policy: GatePolicy = GatePolicy(), split: str = "val",
          class_names=None, labels_csv: str | None = None) -> GateDecision:
-    """Run the gate on a registered candidate and record the decision in the registry.
+    """Run the gate on a registered candidate and record the decision in the registry."""
+    return record_decision(model_registry, judge(
+        model_registry, name, version, validation_data, policy, split, class_names, labels_csv))
+
+
+def judge(model_registry: str, name: str, version: str, validation_data: str,
+          policy: GatePolicy = GatePolicy(), split: str = "val",
+          class_names=None, labels_csv: str | None = None) -> GateDecision:
+    """Evaluate a registered candidate against the policy; records nothing.
 
     ``validation_data`` (with ``labels_csv`` for a DICOM folder) is raw data: each
     model preprocesses it its own way, so production is re-scored fairly.
@@ -130,19 +138,25 @@ def gate(model_registry: str, name: str, version: str, validation_data: str,
         count = min(policy.serving_samples, len(images))
         check_serving_path(loaded, images[:count], scores[:count])
     except ModelRefused as refused:
-        return _record(registry, GateDecision(name, version, False,
-                                              f"serving path: {refused}", candidate))
+        return GateDecision(name, version, False, f"serving path: {refused}", candidate)
     production = None
     if production_version is not None:
         production = evaluate_version(model_registry, name, production_version,
                                       validation_data, split, class_names=class_names,
                                       labels_csv=labels_csv)[0].to_dict()
     promoted, reason = decide(candidate, production, policy)
-    return _record(registry, GateDecision(name, version, promoted, reason, candidate,
-                                          production_version, production))
+    return GateDecision(name, version, promoted, reason, candidate, production_version,
+                        production)
 
 
-def _record(registry: ModelRegistry, decision: GateDecision) -> GateDecision:
+def record_decision(model_registry: str, decision: GateDecision) -> GateDecision:
+    """Promote the version, or keep it as rejected with the reason, as ``judge`` decided."""
+    registry = ModelRegistry(model_registry)
+    current = registry.production(decision.model_name)
+    if decision.promoted and current != decision.production_version:
+        raise ValueError(f"{decision.model_name} production moved from "
+                         f"{decision.production_version} to {current} after version "
+                         f"{decision.version} was judged; run the gate again")
     details = {"candidate": decision.candidate, "production_version": decision.production_version,
                "production": decision.production}
     if decision.promoted:

@@ -13,7 +13,6 @@ import tempfile
 from pathlib import Path
 
 from batch_training.datasets import fingerprint_source
-from batch_training.evaluation import evaluate_version, write_report
 from batch_training.preprocess import run_preprocessing
 from batch_training.promotion import GateDecision, GatePolicy, gate
 from batch_training.train import TrainingConfig, train_and_register
@@ -63,19 +62,6 @@ def train(config: TrainingConfig, shards_dir: str, progress: bool = True) -> str
     record = train_and_register(dataclasses.replace(config, data=shards_dir, promote="never"),
                                 progress=progress)
     return record.version
-
-
-def evaluate_candidate(model_registry: str, model_name: str, version: str, data: str,
-                       class_names=None, labels_csv: str | None = None) -> dict:
-    """Validation metrics of a candidate, with its report (plots, report.md) in its folder."""
-    registry = ModelRegistry(model_registry)
-    result, labels, scores = evaluate_version(model_registry, model_name, version, data, "val",
-                                              class_names=class_names, labels_csv=labels_csv)
-    version_dir = registry.version_uri(model_name, version)
-    if "://" not in version_dir:  # object stores: the training report is already there
-        write_report(result, labels, scores, Path(version_dir) / "evaluation",
-                     title=f"{model_name}/{version} on {Path(data).name} (validation)")
-    return result.to_dict()
 
 
 def run_recipe(config: TrainingConfig, *, labels_csv: str | None = None, force: bool = True,

@@ -74,19 +74,22 @@ def nightly_retrain():
 
     @task
     def evaluate(version: str) -> dict:
-        from batch_training.recipe import evaluate_candidate  # noqa: PLC0415
-        params = get_current_context()["params"]
-        return evaluate_candidate(params["model_registry"], params["model_name"], version,
-                                  params["data"], params["class_names"], params["labels_csv"])
-
-    @task
-    def gate_and_promote(version: str, metrics: dict) -> dict:
-        from batch_training.promotion import gate  # noqa: PLC0415
+        """The gate's evaluation: the candidate and production re-scored on the same
+        validation data, the candidate also through the serving path; records nothing."""
+        from batch_training.promotion import judge  # noqa: PLC0415
         from batch_training.recipe import policy_from_params  # noqa: PLC0415
         params = get_current_context()["params"]
-        decision = gate(params["model_registry"], params["model_name"], version,
-                        params["data"], policy_from_params(params),
-                        class_names=params["class_names"], labels_csv=params["labels_csv"])
+        decision = judge(params["model_registry"], params["model_name"], version,
+                         params["data"], policy_from_params(params),
+                         class_names=params["class_names"], labels_csv=params["labels_csv"])
+        LOG.info("candidate %s/%s: %s", params["model_name"], version, decision.candidate)
+        return decision.to_dict()
+
+    @task
+    def gate_and_promote(decision: dict) -> dict:
+        from batch_training.promotion import GateDecision, record_decision  # noqa: PLC0415
+        decision = record_decision(get_current_context()["params"]["model_registry"],
+                                   GateDecision(**decision))
         LOG.info(("promoted: " if decision.promoted else "rejected: ") + decision.reason)
         return decision.to_dict()
 
@@ -94,7 +97,7 @@ def nightly_retrain():
     shards = preprocess()
     changed >> shards
     version = train(shards)
-    gate_and_promote(version, evaluate(version))
+    gate_and_promote(evaluate(version))
 
 
 nightly_retrain()

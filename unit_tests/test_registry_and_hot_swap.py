@@ -158,3 +158,16 @@ def test_status_and_pointers_are_plain_json(registry):
                         metrics={"auc": 0.9})
     with open(f"{registry.root}/{MODEL_NAME}/3/status.json") as handle:
         assert json.load(handle)["metrics"] == {"auc": 0.9}
+
+
+def test_a_decision_is_recorded_only_against_the_production_it_was_judged_against(registry):
+    from batch_training.promotion import GateDecision, record_decision  # noqa: PLC0415
+
+    judged = GateDecision(MODEL_NAME, "3", True, "better", {"auc": 0.9}, production_version="1")
+    registry.promote(MODEL_NAME, "2", reason="an operator, meanwhile")
+    with pytest.raises(ValueError, match="production moved from 1 to 2"):
+        record_decision(registry.root, judged)
+    assert registry.production(MODEL_NAME) == "2"
+    record_decision(registry.root, GateDecision(MODEL_NAME, "3", True, "better", {"auc": 0.9},
+                                                production_version="2"))
+    assert registry.production(MODEL_NAME) == "3"
