@@ -11,11 +11,11 @@ import collections
 import dataclasses
 import json
 import time
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Iterator
 
 from kafka import KafkaConsumer, TopicPartition
 
-from streaming.kafka.admin import partitions_of
+from streaming.kafka.admin import wait_for_partitions
 from streaming.kafka.config import KafkaConfig
 
 
@@ -38,7 +38,7 @@ class OutcomeLog:
         self._kinds = {findings_topic: "finding", dead_letter_topic: "dead_letter"}
         self._consumer = KafkaConsumer(**config.client_kwargs(), enable_auto_commit=False)
         partitions = [TopicPartition(topic, p) for topic in self._kinds
-                      for p in partitions_of(config, topic)]
+                      for p in wait_for_partitions(self._consumer, config, topic)]
         self._consumer.assign(partitions)
         self._consumer.seek_to_beginning(*partitions)
         self.outcomes: list[Outcome] = []
@@ -117,16 +117,25 @@ def outcome_identity(kind: str, document: dict) -> str:
     return identity(document.get("event_id"), SourcePosition(**document["source"]))
 
 
+def read_outcomes(config: KafkaConfig, findings_topic: str, dead_letter_topic: str,
+                  since_ms: int | None = None) -> Iterator[tuple[str, str | None, dict | None]]:
+    """(kind, identity, document) for every record of the findings and dead-letter topics
+    from ``since_ms`` (None: the beginning) to their ends; identity and document are None
+    for a record that is not an outcome of ours."""
+    from streaming.kafka.reading import read_topic  # noqa: PLC0415
+    for kind, topic in (("finding", findings_topic), ("dead_letter", dead_letter_topic)):
+        for record in read_topic(config, topic, since_ms=since_ms):
+            try:
+                document = json.loads(record.value)
+                yield kind, outcome_identity(kind, document), document
+            except (ValueError, KeyError, TypeError):
+                yield kind, None, None
+
+
 def outcome_identities(config: KafkaConfig, findings_topic: str, dead_letter_topic: str,
                        since_s: float) -> set[str]:
     """Identities of every finding and dead letter published since ``since_s`` (epoch s):
     the tail a restarted job (or a sink after an ambiguous timeout) must know."""
-    from streaming.kafka.reading import read_topic  # noqa: PLC0415
-    found: set[str] = set()
-    for kind, topic in (("finding", findings_topic), ("dead_letter", dead_letter_topic)):
-        for record in read_topic(config, topic, since_ms=int(since_s * 1000)):
-            try:
-                found.add(outcome_identity(kind, json.loads(record.value)))
-            except (ValueError, KeyError, TypeError):
-                continue  # not an outcome of ours: nothing to settle
-    return found
+    return {name for _kind, name, _document in read_outcomes(
+        config, findings_topic, dead_letter_topic, since_ms=int(since_s * 1000))
+        if name is not None}  # records not of ours: nothing to settle

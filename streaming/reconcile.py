@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import json
 
 from streaming.dedup import identity
 from streaming.events import DEFAULT_MAX_EVENT_BYTES, EventRejected, parse_event
 from streaming.kafka.config import KafkaConfig
 from streaming.kafka.reading import read_topic
-from streaming.outcomes import outcome_identity
+from streaming.outcomes import read_outcomes
 from streaming.records import SourcePosition
 
 
@@ -44,11 +43,6 @@ class Reconciliation:
         return document
 
 
-def _records(config: KafkaConfig, topic: str):
-    for record in read_topic(config, topic):
-        yield SourcePosition(record.topic, record.partition, record.offset), record.value
-
-
 def event_identity(position: SourcePosition, payload: bytes, max_event_bytes: int) -> str:
     """The identity the job gives this event record (see streaming/dedup.py)."""
     try:
@@ -61,22 +55,20 @@ def reconcile(config: KafkaConfig, events_topic: str, findings_topic: str,
               dead_letter_topic: str,
               max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES) -> Reconciliation:
     events = collections.Counter(
-        event_identity(position, payload, max_event_bytes)
-        for position, payload in _records(config, events_topic))
+        event_identity(SourcePosition(record.topic, record.partition, record.offset),
+                       record.value, max_event_bytes)
+        for record in read_topic(config, events_topic))
     outcomes: collections.Counter = collections.Counter()
     counts = collections.Counter()
     reasons = collections.Counter()
-    for kind, topic in (("finding", findings_topic), ("dead_letter", dead_letter_topic)):
-        for _position, value in _records(config, topic):
-            try:
-                document = json.loads(value)
-                outcomes[outcome_identity(kind, document)] += 1
-            except (ValueError, KeyError, TypeError):
-                counts["unreadable"] += 1
-                continue
-            counts[kind] += 1
-            if kind == "dead_letter":
-                reasons[document.get("reason", "?")] += 1
+    for kind, name, document in read_outcomes(config, findings_topic, dead_letter_topic):
+        if name is None:
+            counts["unreadable"] += 1
+            continue
+        outcomes[name] += 1
+        counts[kind] += 1
+        if kind == "dead_letter":
+            reasons[document.get("reason", "?")] += 1
     return Reconciliation(
         events=len(events), event_records=sum(events.values()), findings=counts["finding"],
         dead_letters=counts["dead_letter"],

@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from streaming.kafka.admin import partitions_of
+from streaming.kafka.admin import wait_for_partitions
 from streaming.kafka.config import KafkaConfig
 
 TABLE_ROWS = 25
@@ -27,7 +27,7 @@ def follow(config: KafkaConfig, topics: list[str], *, from_beginning: bool = Fal
     consumer = KafkaConsumer(**config.client_kwargs(), enable_auto_commit=False)
     try:
         partitions = [TopicPartition(topic, p) for topic in topics
-                      for p in partitions_of(config, topic)]
+                      for p in wait_for_partitions(consumer, config, topic)]
         consumer.assign(partitions)
         if from_beginning:
             consumer.seek_to_beginning(*partitions)

@@ -58,6 +58,15 @@ def partitions_of(config: KafkaConfig, topic: str, timeout_s: float = 60.0) -> l
     """The partition numbers of a topic, waiting for its metadata to appear."""
     consumer = KafkaConsumer(**config.client_kwargs())
     try:
+        return wait_for_partitions(consumer, config, topic, timeout_s)
+    finally:
+        consumer.close()
+
+
+def wait_for_partitions(consumer: KafkaConsumer, config: KafkaConfig, topic: str,
+                        timeout_s: float = 60.0) -> list[int]:
+    """``partitions_of`` with a consumer the caller already holds (no second connection)."""
+    try:
         deadline = time.monotonic() + timeout_s
         while True:
             partitions = consumer.partitions_for_topic(topic)
@@ -70,5 +79,3 @@ def partitions_of(config: KafkaConfig, topic: str, timeout_s: float = 60.0) -> l
     except KafkaError as error:
         raise BrokerUnavailable(f"cannot read metadata of topic {topic!r} at "
                                 f"{config.bootstrap_servers}: {error}") from error
-    finally:
-        consumer.close()

@@ -14,7 +14,7 @@ from typing import Iterator
 
 from kafka import KafkaConsumer, TopicPartition
 
-from streaming.kafka.admin import partitions_of
+from streaming.kafka.admin import wait_for_partitions
 from streaming.kafka.config import KafkaConfig
 
 
@@ -24,7 +24,8 @@ def read_topic(config: KafkaConfig, topic: str, since_ms: int | None = None,
     (epoch milliseconds; None: the beginning) to its current end."""
     consumer = KafkaConsumer(**config.client_kwargs(), enable_auto_commit=False)
     try:
-        partitions = [TopicPartition(topic, p) for p in partitions_of(config, topic)]
+        partitions = [TopicPartition(topic, p)
+                      for p in wait_for_partitions(consumer, config, topic)]
         consumer.assign(partitions)
         ends = consumer.end_offsets(partitions)
         for tp, start in _start_offsets(consumer, partitions, ends, since_ms).items():
