@@ -37,7 +37,7 @@ from streaming.demo import phantoms
 from streaming.demo.run import DEMO_MODEL, STUDY_IMAGE_SIZE, bootstrap_model
 from streaming.kafka.admin import ensure_topics
 from streaming.kafka.config import KafkaConfig
-from streaming.local_job import LocalJob
+from streaming.local_job import LocalJob, job_arguments
 from streaming.modality import event_for_file
 from streaming.modeling.metadata import utc_now
 
@@ -68,14 +68,13 @@ class Bench:
     def job(self, topics: Topics, *extra: str, dedup: bool = True,
             roots: Path | None = None, env: dict | None = None) -> LocalJob:
         self._jobs += 1
-        args = ["--bootstrap_servers", self.broker.bootstrap_servers,
-                "--events_topic", topics.events, "--findings_topic", topics.findings,
-                "--dead_letter_topic", topics.dead_letters,
-                "--consumer_group", f"group-{topics.events}", "--model_registry",
-                str(self.registry), "--model_name", DEMO_MODEL,
-                "--allowed_roots", str(roots or self.workdir), *extra]
         if dedup:
-            args += ["--redis_url", self.redis.url]
+            extra = (*extra, "--redis_url", self.redis.url)
+        args = job_arguments(
+            self.broker.bootstrap_servers, events=topics.events, findings=topics.findings,
+            dead_letters=topics.dead_letters, consumer_group=f"group-{topics.events}",
+            model_registry=self.registry, model_name=DEMO_MODEL,
+            allowed_roots=roots or self.workdir, extra=extra)
         return LocalJob(args, self.workdir / f"job-{self._jobs}.log", env=env).start()
 
 

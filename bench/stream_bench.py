@@ -40,7 +40,7 @@ from streaming.demo import phantoms
 from streaming.imaging.preprocessing import PreprocessingSpec
 from streaming.kafka.admin import ensure_topics
 from streaming.kafka.config import KafkaConfig
-from streaming.local_job import LocalJob
+from streaming.local_job import LocalJob, job_arguments
 from streaming.modality import event_for_file, publish_events, restamp
 from streaming.modeling.metadata import utc_now
 from streaming.modeling.registry import ModelRegistry
@@ -109,13 +109,11 @@ def run_job(broker, registry_root: Path, record, bench: BenchModel, workdir: Pat
     suffix = f"{bench.key}-{tag}".replace("_", "-")
     topics = {"events": f"events-{suffix}", "findings": f"findings-{suffix}",
               "dead_letters": f"dead-{suffix}"}
-    job = LocalJob([
-        "--bootstrap_servers", broker.bootstrap_servers, "--events_topic", topics["events"],
-        "--findings_topic", topics["findings"], "--dead_letter_topic", topics["dead_letters"],
-        "--consumer_group", f"bench-{suffix}", "--model_registry", str(registry_root),
-        "--model_name", record.name, "--allowed_roots", str(workdir),
-        "--max_batch_size", str(bench.batch_size),
-    ], log_path=workdir / f"job-{suffix}.log").start()
+    job = LocalJob(job_arguments(
+        broker.bootstrap_servers, **topics, consumer_group=f"bench-{suffix}",
+        model_registry=registry_root, model_name=record.name, allowed_roots=workdir,
+        extra=("--max_batch_size", str(bench.batch_size))),
+        log_path=workdir / f"job-{suffix}.log").start()
     return job, topics
 
 

@@ -14,7 +14,7 @@ import pytest
 from streaming.broker import EmbeddedBroker
 from streaming.demo.run import DEMO_MODEL, STUDY_IMAGE_SIZE, bootstrap_model
 from streaming.kafka.config import KafkaConfig
-from streaming.local_job import LocalJob
+from streaming.local_job import LocalJob, job_arguments
 from integration_tests.scenarios.redis_server import RedisServer
 
 
@@ -70,13 +70,11 @@ def start_job(broker, phantom_registry, topics, tmp_path):
     def start(*extra_args: str, allowed_roots: list[str] | None = None,
               env: dict[str, str] | None = None) -> LocalJob:
         roots = ",".join([str(tmp_path), *(allowed_roots or [])])
-        job = LocalJob([
-            "--bootstrap_servers", broker.bootstrap_servers,
-            "--events_topic", topics.events, "--findings_topic", topics.findings,
-            "--dead_letter_topic", topics.dead_letters, "--consumer_group", topics.group,
-            "--model_registry", str(phantom_registry), "--model_name", DEMO_MODEL,
-            "--allowed_roots", roots, *extra_args,
-        ], log_path=tmp_path / f"job-{len(jobs)}.log", env=env).start()
+        job = LocalJob(job_arguments(
+            broker.bootstrap_servers, events=topics.events, findings=topics.findings,
+            dead_letters=topics.dead_letters, consumer_group=topics.group,
+            model_registry=phantom_registry, model_name=DEMO_MODEL, allowed_roots=roots,
+            extra=extra_args), log_path=tmp_path / f"job-{len(jobs)}.log", env=env).start()
         jobs.append(job)
         return job
 

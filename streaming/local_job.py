@@ -14,6 +14,16 @@ import sys
 from pathlib import Path
 
 
+def job_arguments(bootstrap_servers: str, *, events: str, findings: str, dead_letters: str,
+                  consumer_group: str, model_registry: str | os.PathLike, model_name: str,
+                  allowed_roots: str | os.PathLike, extra: tuple[str, ...] = ()) -> list[str]:
+    """The ``python -m streaming`` options every local run names, then ``extra``."""
+    return ["--bootstrap_servers", bootstrap_servers, "--events_topic", events,
+            "--findings_topic", findings, "--dead_letter_topic", dead_letters,
+            "--consumer_group", consumer_group, "--model_registry", str(model_registry),
+            "--model_name", model_name, "--allowed_roots", str(allowed_roots), *extra]
+
+
 class LocalJob:
     """One streaming job process: start(), then stop() (drain) or kill() (crash)."""
 

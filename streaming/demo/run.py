@@ -28,7 +28,7 @@ from streaming.demo import phantoms
 from streaming.events import new_event
 from streaming.kafka.admin import ensure_topics
 from streaming.kafka.config import KafkaConfig
-from streaming.local_job import LocalJob
+from streaming.local_job import LocalJob, job_arguments
 from streaming.modality import event_for_file, publish_events, publish_raw
 from streaming.modeling.registry import ModelRegistry
 from streaming.outcomes import OutcomeLog
@@ -114,13 +114,10 @@ def run_demo(workdir: str = ".medimg-demo", studies: int = 24, seed: int = 7,
         console.print(f"[green]✓[/green] embedded Kafka-compatible broker on "
                       f"{broker.bootstrap_servers}")
         ensure_topics(config, {topic: 3 for topic in TOPICS.values()})
-        job = LocalJob([
-            "--bootstrap_servers", broker.bootstrap_servers,
-            "--events_topic", TOPICS["events"], "--findings_topic", TOPICS["findings"],
-            "--dead_letter_topic", TOPICS["dead_letters"], "--model_registry", str(registry_root),
-            "--model_name", DEMO_MODEL, "--allowed_roots", str(studies_dir),
-            "--consumer_group", f"medimg-demo-{int(time.time())}", "--max_batch_size", "16",
-        ], log_path=logs / "job.log").start()
+        job = LocalJob(job_arguments(
+            broker.bootstrap_servers, **TOPICS, consumer_group=f"medimg-demo-{int(time.time())}",
+            model_registry=registry_root, model_name=DEMO_MODEL, allowed_roots=studies_dir,
+            extra=("--max_batch_size", "16")), log_path=logs / "job.log").start()
         outcome = _stream(console, config, job, cases, studies_dir)
         if keep_running:
             console.print("The job keeps running; Ctrl-C stops it.")
