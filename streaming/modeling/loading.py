@@ -17,7 +17,7 @@ import numpy as np
 from apache_beam.io.filesystems import FileSystems
 
 from streaming.modeling.metadata import ModelMetadata
-from streaming.modeling.registry import ModelRegistry
+from streaming.modeling.registry import ModelRegistry, is_remote, local_path
 
 
 class ModelRefused(RuntimeError):
@@ -56,8 +56,8 @@ def load_model(registry: ModelRegistry, name: str, version: str) -> LoadedModel:
 def _load_keras(uri: str):
     import keras  # noqa: PLC0415 - heavy, and backend-specific: load only when serving
 
-    if "://" not in uri or uri.startswith("file://"):
-        path = uri[len("file://"):] if uri.startswith("file://") else uri
+    if not is_remote(uri):
+        path = local_path(uri)
         return keras.saving.load_model(path, compile=False)
     # Keras reads local files only; stage remote models (gs://...) in a temporary folder.
     with tempfile.TemporaryDirectory(prefix="medimg-model-") as staging:

@@ -46,11 +46,13 @@ class RegistryError(RuntimeError):
     """The registry lacks what was asked for; the message says what to do."""
 
 
-def _is_remote(uri: str) -> bool:
+def is_remote(uri: str) -> bool:
+    """A URI Beam's FileSystems must open (gs://, s3://, ...), not a local path."""
     return "://" in uri and not uri.startswith("file://")
 
 
-def _local(uri: str) -> str:
+def local_path(uri: str) -> str:
+    """A local path from a plain path or a file:// URI."""
     return uri[len("file://"):] if uri.startswith("file://") else uri
 
 
@@ -58,7 +60,7 @@ class ModelRegistry:
     """Read and write model versions and the production / last-known-good pointers."""
 
     def __init__(self, root: str):
-        self.root = root if _is_remote(root) else os.path.abspath(_local(root))
+        self.root = root if is_remote(root) else os.path.abspath(local_path(root))
 
     def __repr__(self) -> str:
         return f"ModelRegistry({self.root!r})"
@@ -66,7 +68,7 @@ class ModelRegistry:
     # -- paths -------------------------------------------------------------------
 
     def _join(self, *parts: str) -> str:
-        if _is_remote(self.root):
+        if is_remote(self.root):
             return posixpath.join(self.root, *parts)
         return os.path.join(self.root, *parts)
 
@@ -113,10 +115,8 @@ class ModelRegistry:
 
     def pointer(self, name: str, pointer: str = PRODUCTION) -> str | None:
         """The version a pointer names, or None when it was never set."""
-        if pointer not in POINTERS:
-            raise ValueError(f"unknown pointer {pointer!r}; expected one of {POINTERS}")
-        text = self._read_text(self._join(name, f"{pointer}.json"))
-        return None if text is None else str(json.loads(text)["version"])
+        document = self.pointer_document(name, pointer)
+        return None if document is None else str(document["version"])
 
     def production(self, name: str) -> str | None:
         return self.pointer(name, PRODUCTION)
@@ -133,6 +133,9 @@ class ModelRegistry:
         return production
 
     def pointer_document(self, name: str, pointer: str = PRODUCTION) -> dict | None:
+        """The pointer's whole document (version, reason, when), or None when never set."""
+        if pointer not in POINTERS:
+            raise ValueError(f"unknown pointer {pointer!r}; expected one of {POINTERS}")
         text = self._read_text(self._join(name, f"{pointer}.json"))
         return None if text is None else json.loads(text)
 
@@ -237,7 +240,7 @@ class ModelRegistry:
     def _claim_version(self, name: str) -> str:
         existing = [int(v) for v in self.versions(name)]
         candidate = (max(existing) if existing else 0) + 1
-        if _is_remote(self.root):
+        if is_remote(self.root):
             # Object stores have no exclusive create; one trainer per model name.
             return str(candidate)
         base = Path(self._join(name))
@@ -250,7 +253,7 @@ class ModelRegistry:
                 candidate += 1
 
     def _copy_in(self, source: Path, destination: str) -> None:
-        if _is_remote(destination):
+        if is_remote(destination):
             with open(source, "rb") as src, FileSystems.create(destination) as dst:
                 shutil.copyfileobj(src, dst)
         else:
@@ -258,7 +261,7 @@ class ModelRegistry:
             shutil.copy2(source, destination)
 
     def _write_atomically(self, destination: str, payload: bytes) -> None:
-        if _is_remote(destination):
+        if is_remote(destination):
             with FileSystems.create(destination) as handle:
                 handle.write(payload)
             return
