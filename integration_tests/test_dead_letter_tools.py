@@ -14,6 +14,7 @@ import shutil
 
 import pytest
 
+from integration_tests.scenarios.delivery import JOB_START_S
 from streaming.kafka.reading import read_topic
 from streaming import dead_letter_tools
 from streaming.demo import phantoms
@@ -22,7 +23,6 @@ from streaming.modality import event_for_file, publish_events, publish_raw
 from streaming.outcomes import OutcomeLog
 from integration_tests.conftest import STUDY_IMAGE_SIZE
 
-JOB_START_S = 180
 
 
 @pytest.fixture

@@ -6,6 +6,7 @@ import threading
 
 import pytest
 
+from integration_tests.scenarios.delivery import JOB_START_S
 from streaming import contracts
 from streaming.demo import phantoms
 from streaming.kafka.admin import ensure_topics
@@ -13,7 +14,6 @@ from streaming.modality import event_for_file, publish_events
 from streaming.outcomes import OutcomeLog
 from integration_tests.conftest import STUDY_IMAGE_SIZE
 
-JOB_START_S = 180
 
 
 @pytest.fixture

@@ -9,6 +9,7 @@ import pydicom
 import pytest
 from pydicom.uid import generate_uid
 
+from integration_tests.scenarios.delivery import JOB_START_S
 from streaming import contracts
 from streaming.demo import phantoms
 from streaming.demo.reference_data import ScannerFilesMissing, scanner_files
@@ -20,7 +21,6 @@ from streaming.outcomes import OutcomeLog
 from integration_tests.conftest import STUDY_IMAGE_SIZE
 from integration_tests.scenarios import bad_files
 
-JOB_START_S = 180
 SENDER = "TEST_PACS"
 
 

@@ -10,11 +10,12 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import json
+import time
 import uuid
 
 from streaming import contracts
 from streaming.reasons import Reason
-from streaming.records import KafkaRecord
+from streaming.records import KafkaRecord, utc_iso
 
 SCHEMA_VERSION = 1
 DEFAULT_MAX_EVENT_BYTES = 64 * 1024
@@ -153,7 +154,7 @@ def new_event(*, study_instance_uid: str, series_instance_uid: str, sop_instance
         study_instance_uid=study_instance_uid, series_instance_uid=series_instance_uid,
         sop_instance_uid=sop_instance_uid, modality=modality, uri=uri,
         content_type=content_type,
-        sent_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds"),
+        sent_at=utc_iso(time.time()),
         sender=sender, priority=priority, sha256=sha256, body_part_examined=body_part_examined)
 
 

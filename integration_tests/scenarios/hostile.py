@@ -42,6 +42,7 @@ from hypothesis import strategies as st
 from hypothesis.errors import HypothesisWarning
 from kafka import KafkaProducer
 
+from integration_tests.scenarios.delivery import JOB_START_S
 from integration_tests.scenarios.hostile_inputs import (HOSTILE_CLASSES, HostileClass, Workshop,
                                                         good_event, prepare_workshop)
 from streaming import contracts
@@ -54,7 +55,6 @@ from streaming.outcomes import OutcomeLog
 __all__ = ["HOSTILE_CLASSES", "HostileReport", "build_campaign", "check_outcomes",
            "publish_campaign", "run_hostile_campaign"]
 
-JOB_START_S = 180.0
 
 # -- the campaign ----------------------------------------------------------------------
 

@@ -30,6 +30,7 @@ import pydicom
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 
+from integration_tests.scenarios.delivery import JOB_START_S
 from integration_tests.scenarios import bad_files
 from streaming.demo import phantoms
 from streaming.demo.reference_data import scanner_files
@@ -39,7 +40,6 @@ from streaming.modality import publish_events
 from streaming.outcomes import OutcomeLog
 
 SENDER = "PHI_CANARY"
-JOB_START_S = 180.0
 
 # Written into every copy; each is unlikely to occur anywhere by chance.
 CANARIES = {

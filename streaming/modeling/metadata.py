@@ -8,13 +8,14 @@ model says it covers CR/DX chest images, and anything else gets ``not_applicable
 from __future__ import annotations
 
 import dataclasses
-import datetime as dt
+import time
 from typing import Mapping, Sequence
 
 import numpy as np
 
 from streaming import contracts
 from streaming.imaging.preprocessing import PreprocessingSpec
+from streaming.records import utc_iso
 
 
 class InvalidModelMetadata(ValueError):
@@ -145,4 +146,4 @@ class ModelMetadata:
 
 
 def utc_now() -> str:
-    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds")
+    return utc_iso(time.time())
