@@ -27,6 +27,38 @@ def metadata_document(**overrides) -> dict:
     return document
 
 
+def write_phantom(path: Path, rng: np.random.Generator, lesion: bool, index: int) -> None:
+    """A 48x48 chest phantom: PNG for a .png path, else RLE DICOM (MONOCHROME1)."""
+    from PIL import Image  # noqa: PLC0415
+
+    from streaming.demo import phantoms  # noqa: PLC0415
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pixels = phantoms.render_chest_phantom(rng, 48, lesion=lesion)
+    if path.suffix == ".png":
+        Image.fromarray(np.uint8(pixels * 255)).save(path)
+    else:
+        phantoms.write_dicom(path, pixels, modality="CR", study_uid=f"2.25.{index + 1}",
+                             series_uid="2.25.99", sop_uid=f"2.25.{index + 1}{int(lesion)}",
+                             transfer_syntax="rle", photometric="MONOCHROME1")
+
+
+def phantom_folder(root: Path, broken: bool = False) -> Path:
+    """train/ and validation/ with normal and lesion, PNG and DICOM files mixed, a text
+    file to ignore, and with ``broken`` one file that is not DICOM at all."""
+    from streaming.demo import phantoms  # noqa: PLC0415
+    rng = np.random.default_rng(4)
+    for split, count in (("train", 3), ("validation", 2)):
+        for label in phantoms.PHANTOM_CLASSES:
+            for index in range(count):
+                suffix = ".png" if index % 2 else ".dcm"
+                write_phantom(root / split / label / f"{index}{suffix}", rng,
+                              label == "lesion", index)
+    (root / "train" / "normal" / "notes.txt").write_text("not an image: ignored")
+    if broken:
+        (root / "train" / "lesion" / "broken.dcm").write_bytes(b"not a dicom file")
+    return root
+
+
 def build_small_model(input_shape=(28, 28, 1), classes=2, seed=0, activation="softmax"):
     import keras  # noqa: PLC0415
 

@@ -31,6 +31,7 @@ from streaming.imaging.types import ImageLimits
 from streaming.modeling.loading import load_model
 from streaming.modeling.metadata import ModelMetadata
 from streaming.modeling.registry import ModelRegistry
+from unit_tests.conftest import phantom_folder
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PHANTOM_SIZE = 64
@@ -131,29 +132,8 @@ def test_pneumoniamnist_loads_with_its_published_split_sizes():
 
 # -- folder ------------------------------------------------------------------------------
 
-def _phantom_folder(root: Path) -> Path:
-    """train/ and validation/ with normal and lesion classes, PNG and DICOM files mixed."""
-    rng = np.random.default_rng(4)
-    for split, count in (("train", 3), ("validation", 2)):
-        for label in phantoms.PHANTOM_CLASSES:
-            folder = root / split / label
-            folder.mkdir(parents=True)
-            for index in range(count):
-                pixels = phantoms.render_chest_phantom(rng, 48, lesion=label == "lesion")
-                if index % 2:
-                    Image.fromarray(np.uint8(pixels * 255)).save(folder / f"{index}.png")
-                else:
-                    phantoms.write_dicom(folder / f"{index}.dcm", pixels, modality="CR",
-                                         study_uid=f"2.25.{index + 1}", series_uid="2.25.99",
-                                         sop_uid=f"2.25.{index + 1}{len(label)}",
-                                         transfer_syntax="rle", photometric="MONOCHROME1")
-    (root / "train" / "normal" / "notes.txt").write_text("not an image: ignored")
-    return root
-
-
 def test_load_folder_decodes_every_image_through_the_serving_decoder(tmp_path):
-    root = _phantom_folder(tmp_path / "images")
-    (root / "train" / "lesion" / "broken.dcm").write_bytes(b"not a dicom file")
+    root = phantom_folder(tmp_path / "images", broken=True)
     spec = PreprocessingSpec(32, 32, 1)
     data = datasets.load_labeled_data(root, spec)
     assert data.classes == ("lesion", "normal")  # sorted folder names
@@ -171,7 +151,7 @@ def test_load_folder_decodes_every_image_through_the_serving_decoder(tmp_path):
 
 
 def test_folder_fingerprint_is_stable_and_follows_the_bytes(tmp_path):
-    root = _phantom_folder(tmp_path / "images")
+    root = phantom_folder(tmp_path / "images")
     spec = PreprocessingSpec(28, 28, 1)
     first = datasets.load_folder(root, spec).fingerprint
     assert first.startswith("sha256:")
@@ -184,7 +164,7 @@ def test_folder_fingerprint_is_stable_and_follows_the_bytes(tmp_path):
 
 
 def test_folder_splits_must_agree_on_classes(tmp_path):
-    root = _phantom_folder(tmp_path / "images")
+    root = phantom_folder(tmp_path / "images")
     (root / "validation" / "effusion").mkdir()
     with pytest.raises(ValueError, match="both splits"):
         datasets.load_folder(root, PreprocessingSpec(28, 28, 1))

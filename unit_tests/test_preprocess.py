@@ -19,40 +19,14 @@ from batch_training import datasets
 from batch_training.preprocess import (PreprocessingManifest, build_pipeline, decode_file,
                                        load_shards, pipeline_options, plan_preprocessing,
                                        read_file, read_split, run_preprocessing)
-from streaming.demo import phantoms
 from streaming.imaging.decoding import decode_image_bytes
 from streaming.demo.reference_data import PNEUMONIAMNIST, shared_data_dir
 from streaming.imaging.preprocessing import PreprocessingSpec, preprocess
 from streaming.imaging.types import ImageLimits, ImageRejected
+from unit_tests.conftest import phantom_folder, write_phantom
 
 SPEC = PreprocessingSpec(32, 32, 1)
 
-
-
-def _write_phantom(path: Path, rng: np.random.Generator, lesion: bool, index: int) -> None:
-    """A 48x48 chest phantom: PNG for odd indices, RLE DICOM (MONOCHROME1) for even ones."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    pixels = phantoms.render_chest_phantom(rng, 48, lesion=lesion)
-    if path.suffix == ".png":
-        Image.fromarray(np.uint8(pixels * 255)).save(path)
-    else:
-        phantoms.write_dicom(path, pixels, modality="CR", study_uid=f"2.25.{index + 1}",
-                             series_uid="2.25.99", sop_uid=f"2.25.{index + 1}{int(lesion)}",
-                             transfer_syntax="rle", photometric="MONOCHROME1")
-
-
-def _phantom_folder(root: Path) -> Path:
-    """train/ and validation/ with normal and lesion, PNG and DICOM, and one corrupt file."""
-    rng = np.random.default_rng(4)
-    for split, count in (("train", 3), ("validation", 2)):
-        for label in phantoms.PHANTOM_CLASSES:
-            for index in range(count):
-                suffix = ".png" if index % 2 else ".dcm"
-                _write_phantom(root / split / label / f"{index}{suffix}", rng,
-                               label == "lesion", index)
-    (root / "train" / "normal" / "notes.txt").write_text("not an image: ignored")
-    (root / "train" / "lesion" / "broken.dcm").write_bytes(b"not a dicom file")
-    return root
 
 
 def _expected_input(path: Path, spec: PreprocessingSpec) -> np.ndarray:
@@ -69,7 +43,7 @@ def _rejections(output_dir: Path) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def folder_run(tmp_path_factory):
-    root = _phantom_folder(tmp_path_factory.mktemp("folder") / "images")
+    root = phantom_folder(tmp_path_factory.mktemp("folder") / "images", broken=True)
     output_dir = tmp_path_factory.mktemp("folder-shards")
     return root, output_dir, run_preprocessing(str(root), str(output_dir), SPEC)
 
@@ -143,7 +117,7 @@ def test_shards_are_plain_tf_examples_a_user_can_inspect(folder_run):
 
 
 def test_fingerprint_is_stable_and_follows_each_input_file(tmp_path):
-    root = _phantom_folder(tmp_path / "images")
+    root = phantom_folder(tmp_path / "images", broken=True)
     first = datasets.fingerprint_source(root)
     assert datasets.fingerprint_source(root) == first
     (root / "train" / "normal" / "notes.txt").write_text("edited, still not an image")
@@ -164,7 +138,7 @@ def _labeled_dicoms(root: Path) -> Path:
     rows = ["path,label,split"]
     for index in range(8):
         label = ("normal", "lesion")[index % 2]
-        _write_phantom(root / "studies" / f"image_{index}.dcm", rng, label == "lesion", index)
+        write_phantom(root / "studies" / f"image_{index}.dcm", rng, label == "lesion", index)
         split = {0: "validation", 1: "val", 2: "test"}.get(index, "")
         path = (str(root / "studies" / f"image_{index}.dcm") if index == 7
                 else f"studies/image_{index}.dcm")
@@ -319,7 +293,7 @@ def test_a_rerun_replaces_the_previous_output(tmp_path):
 
 
 def test_output_inside_the_source_is_refused(tmp_path):
-    root = _phantom_folder(tmp_path / "images")
+    root = phantom_folder(tmp_path / "images", broken=True)
     with pytest.raises(ValueError, match="inside the source"):
         run_preprocessing(str(root), str(root / "shards"), SPEC)
 
@@ -334,7 +308,7 @@ def test_local_runner_is_pinned_and_dataflow_options_pass_through():
 def test_steps_read_top_to_bottom(tmp_path):
     import apache_beam as beam  # noqa: PLC0415
 
-    root = _phantom_folder(tmp_path / "images")
+    root = phantom_folder(tmp_path / "images", broken=True)
     pipeline = beam.Pipeline(options=pipeline_options("FnApiRunner", None))
     build_pipeline(pipeline, plan_preprocessing(str(root)), SPEC, str(tmp_path / "out"), 2)
     names = {t.unique_name for t in pipeline.to_runner_api().components.transforms.values()}
@@ -389,7 +363,7 @@ def test_the_recipe_gates_a_dicom_folder_with_a_labels_csv(tmp_path):
     rows = ["path,label,split"]
     for index in range(24):
         label = ("normal", "lesion")[index % 2]
-        _write_phantom(root / "studies" / f"image_{index:02d}.dcm", rng, label == "lesion",
+        write_phantom(root / "studies" / f"image_{index:02d}.dcm", rng, label == "lesion",
                        index)
         rows.append(f"studies/image_{index:02d}.dcm,{label},{'val' if index < 8 else 'train'}")
     (root / "labels.csv").write_text("\n".join(rows) + "\n")
