@@ -35,57 +35,16 @@ import numpy as np
 from streaming.imaging.decoding import decode_image_bytes
 from streaming.imaging.preprocessing import PreprocessingSpec, preprocess
 from streaming.imaging.types import DecodedImage, ImageLimits, ImageRejected
+from batch_training.labeled import (CSV_SPLITS, PREPROCESSED_FORMAT, PREPROCESSED_MANIFEST,  # noqa: F401
+                                    DEFAULT_VALIDATION_FRACTION, TEST_SPLIT, TRAIN_SPLIT,
+                                    VALIDATION_SPLITS, LabeledData,
+                                    LabeledFile)
 from streaming.reasons import Reason
 
 logger = logging.getLogger(__name__)
 
 CONTENT_TYPES = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg",
                  ".dcm": "application/dicom"}
-TRAIN_SPLIT = "train"
-VALIDATION_SPLITS = ("validation", "val")
-TEST_SPLIT = "test"
-# Split names a labels CSV may give; "val" is read as "validation".
-CSV_SPLITS = {"train": TRAIN_SPLIT, "validation": "validation", "val": "validation",
-              "test": TEST_SPLIT}
-DEFAULT_VALIDATION_FRACTION = 0.1
-# What batch_training.preprocess writes beside its shards (kept here so that
-# recognising an output folder does not import Beam and TensorFlow).
-PREPROCESSED_MANIFEST = "manifest.json"
-PREPROCESSED_FORMAT = "medimg.preprocessed-examples"
-
-
-@dataclasses.dataclass(eq=False)
-class LabeledData:
-    """Preprocessed images and integer labels for training and validation.
-
-    ``train_x`` / ``val_x``: float32 (N, height, width, channels), the model's input.
-    ``train_y`` / ``val_y``: int64 (N,), indices into ``classes``.
-    ``fingerprint``: "sha256:<hex>" over the input bytes. ``skipped``: files that
-    could not be decoded and were left out (always 0 for an npz).
-    """
-    train_x: np.ndarray
-    train_y: np.ndarray
-    val_x: np.ndarray
-    val_y: np.ndarray
-    classes: tuple[str, ...]
-    fingerprint: str
-    skipped: int = 0
-
-
-@dataclasses.dataclass(frozen=True)
-class LabeledFile:
-    """One image file of a dataset and its label.
-
-    ``location``: where to read it (a local path or a URI such as gs://...).
-    ``key``: its name in fingerprints, shards and rejections: the path relative to
-    the source folder (posix), or the location itself for a file outside it.
-    ``label``: index into the listing's classes. ``split``: train, validation
-    (or val, as the folder names it) or test.
-    """
-    location: str
-    key: str
-    label: int
-    split: str
 
 
 @dataclasses.dataclass(frozen=True)
@@ -117,7 +76,7 @@ def load_labeled_data(source: str | Path, spec: PreprocessingSpec,
         return load_npz(source, spec, class_names=class_names)
     if is_preprocessed_output(source):
         _check_preprocessed_spec(source, spec)
-        from batch_training.preprocess import load_shards  # noqa: PLC0415 - Beam, TF, tfx-bsl
+        from batch_training.shards import load_shards  # noqa: PLC0415 - Beam, TF, tfx-bsl
 
         return _checked_classes(load_shards(source), class_names, source)
     if source.is_dir():
@@ -165,7 +124,7 @@ def load_split(source: str | Path, spec: PreprocessingSpec, split: str,
     source = Path(source)
     if is_preprocessed_output(source):
         _check_preprocessed_spec(source, spec)
-        from batch_training.preprocess import PreprocessingManifest, read_split  # noqa: PLC0415
+        from batch_training.shards import PreprocessingManifest, read_split  # noqa: PLC0415
 
         manifest = PreprocessingManifest.from_dir(str(source))
         name = next((n for n in wanted if n in manifest.counts), wanted[0])
