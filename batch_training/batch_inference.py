@@ -20,14 +20,14 @@ from pathlib import Path
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from streaming.events import ReceivedEvent
-from streaming.events import new_event
-from streaming.modality import content_type_of, inventory, path_uids
+from streaming.contracts.events import ReceivedEvent
+from streaming.contracts.events import new_event
+from streaming.tools.modality import content_type_of, inventory, path_uids
 from streaming.modeling.handler import KerasModelHandler
 from streaming.modeling.registry import ModelRegistry
-from streaming.options import LOCAL_RUNNER, JobSettings, job_settings
-from streaming.pipeline import ScoreEvents, dead_letter_outputs
-from streaming.records import KafkaRecord, OutboundRecord, SourcePosition
+from streaming.job.options import LOCAL_RUNNER, JobSettings, job_settings
+from streaming.job.pipeline import ScoreEvents, dead_letter_outputs
+from streaming.contracts.records import KafkaRecord, OutboundRecord, SourcePosition
 
 LOG = logging.getLogger(__name__)
 SENDER = "MEDIMG_BATCH"

@@ -39,7 +39,7 @@ from batch_training.labeled import (CSV_SPLITS, PREPROCESSED_FORMAT, PREPROCESSE
                                     DEFAULT_VALIDATION_FRACTION, TEST_SPLIT, TRAIN_SPLIT,
                                     VALIDATION_SPLITS, LabeledData,
                                     LabeledFile)
-from streaming.reasons import Reason
+from streaming.contracts.reasons import Reason
 
 logger = logging.getLogger(__name__)
 

@@ -65,11 +65,11 @@ from batch_training.labeled import TRAIN_SPLIT, VALIDATION_SPLITS, LabeledFile
 from batch_training.shards import (FEATURES, PREPROCESSED_MANIFEST, REJECTED_FILE, SCHEMA_FILE,  # noqa: F401
                                    SHARD_SUFFIX, _SHARD_NAME, PreprocessingManifest, SplitExamples,
                                    example_schema, load_shards, read_split)
-from streaming import logs
+from streaming.runtime import logs
 from streaming.imaging.preprocessing import PreprocessingSpec, preprocess
 from streaming.imaging.types import ImageLimits, ImageRejected
 from streaming.modeling.metadata import utc_now
-from streaming.options import LOCAL_RUNNER
+from streaming.job.options import LOCAL_RUNNER
 
 logger = logging.getLogger(__name__)
 

@@ -27,7 +27,7 @@ from pathlib import Path
 import pydicom
 from pydicom.pixels import pixel_array
 
-from streaming.demo.reference_data import scanner_files
+from streaming.local.reference_data import scanner_files
 from streaming.imaging.decoding import DICOM, decode_image_bytes
 from streaming.imaging.types import ImageLimits, ImageRejected
 

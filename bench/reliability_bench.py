@@ -12,7 +12,7 @@ In one run, on the embedded broker with a real Redis server:
 - PHI: canary values written into copies of real DICOM files; every output, log and
   the metrics endpoint are searched for them.
 
-Counts come from reading the topics (``streaming.reconcile``), not from the job.
+Counts come from reading the topics (``streaming.tools.reconcile``), not from the job.
 Prints one table and writes bench/results/reliability.json.
 """
 
@@ -28,17 +28,17 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from integration_tests.scenarios.delivery import (Topics, run_crash_scenario,
+from scenarios.delivery import (Topics, run_crash_scenario,
                                                   run_outage_scenario, run_replay_scenario)
-from integration_tests.scenarios.redis_server import RedisServer
-from streaming import logs
-from streaming.broker import EmbeddedBroker, free_port
-from streaming.demo import phantoms
-from streaming.demo.run import DEMO_MODEL, STUDY_IMAGE_SIZE, bootstrap_model
+from scenarios.redis_server import RedisServer
+from streaming.runtime import logs
+from streaming.local.broker import EmbeddedBroker, free_port
+from streaming.local import phantoms
+from streaming.local.demo import DEMO_MODEL, STUDY_IMAGE_SIZE, bootstrap_model
 from streaming.kafka.admin import ensure_topics
 from streaming.kafka.config import KafkaConfig
-from streaming.local_job import LocalJob, job_arguments
-from streaming.modality import event_for_file
+from streaming.local.local_job import LocalJob, job_arguments
+from streaming.tools.modality import event_for_file
 from streaming.modeling.metadata import utc_now
 
 RESULTS = Path(__file__).resolve().parent / "results" / "reliability.json"
@@ -106,7 +106,7 @@ def outage(bench: Bench, console: Console, seconds: float) -> dict:
 
 
 def hostile(bench: Bench, console: Console, count: int) -> dict:
-    from integration_tests.scenarios.hostile import run_hostile_campaign  # noqa: PLC0415
+    from scenarios.hostile import run_hostile_campaign  # noqa: PLC0415
     console.print(f"hostile input: {count} bad inputs asked for (classes with a cap send fewer), "
                   "interleaved with good events")
     topics = bench.topics("hostile")
@@ -123,7 +123,7 @@ def hostile(bench: Bench, console: Console, count: int) -> dict:
 
 
 def phi(bench: Bench, console: Console) -> dict:
-    from integration_tests.scenarios.phi import metrics_page, run_phi_check  # noqa: PLC0415
+    from scenarios.phi import metrics_page, run_phi_check  # noqa: PLC0415
     console.print("PHI: canaries in copies of real DICOM files, through the job")
     topics = bench.topics("phi")
     port = free_port()

@@ -34,17 +34,17 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from streaming import logs
-from streaming.broker import EmbeddedBroker
-from streaming.demo import phantoms
+from streaming.runtime import logs
+from streaming.local.broker import EmbeddedBroker
+from streaming.local import phantoms
 from streaming.imaging.preprocessing import PreprocessingSpec
 from streaming.kafka.admin import ensure_topics
 from streaming.kafka.config import KafkaConfig
-from streaming.local_job import LocalJob, job_arguments
-from streaming.modality import event_for_file, publish_events, restamp
+from streaming.local.local_job import LocalJob, job_arguments
+from streaming.tools.modality import event_for_file, publish_events, restamp
 from streaming.modeling.metadata import utc_now
 from streaming.modeling.registry import ModelRegistry
-from streaming.outcomes import OutcomeLog
+from streaming.kafka.outcomes import OutcomeLog
 
 RESULTS = Path(__file__).resolve().parent / "results" / "stream.json"
 MODEL_NAME = "bench-model"

@@ -28,7 +28,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from streaming.demo.reference_data import PNEUMONIAMNIST, pneumoniamnist_path, shared_data_dir
+from streaming.local.reference_data import PNEUMONIAMNIST, pneumoniamnist_path, shared_data_dir
 
 # The file stores no class names; its README: label 0 = normal, 1 = pneumonia.
 # Evaluation reads such a file's labels in the model's class order.

@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from streaming.broker import EmbeddedBroker
-from streaming.demo.run import DEMO_MODEL, STUDY_IMAGE_SIZE, bootstrap_model
+from streaming.local.broker import EmbeddedBroker
+from streaming.local.demo import DEMO_MODEL, STUDY_IMAGE_SIZE, bootstrap_model
 from streaming.kafka.config import KafkaConfig
-from streaming.local_job import LocalJob, job_arguments
-from integration_tests.scenarios.redis_server import RedisServer
+from streaming.local.local_job import LocalJob, job_arguments
+from scenarios.redis_server import RedisServer
 
 
 @pytest.fixture(scope="session")

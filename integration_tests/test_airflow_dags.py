@@ -16,13 +16,13 @@ from pathlib import Path
 
 import pytest
 
-from streaming import contracts
-from streaming.demo import phantoms
-from streaming.demo.run import DEMO_MODEL, STUDY_IMAGE_SIZE
+from streaming.contracts import validation
+from streaming.local import phantoms
+from streaming.local.demo import DEMO_MODEL, STUDY_IMAGE_SIZE
 from streaming.kafka.admin import ensure_topics
-from streaming.modality import event_for_file, publish_events, restamp
+from streaming.tools.modality import event_for_file, publish_events, restamp
 from streaming.modeling.registry import ModelRegistry
-from streaming.outcomes import OutcomeLog
+from streaming.kafka.outcomes import OutcomeLog
 
 REPO = Path(__file__).resolve().parents[1]
 AIRFLOW = str(Path(sys.executable).with_name("airflow"))
@@ -126,7 +126,7 @@ def test_batch_inference_dag_writes_findings_in_the_schema(airflow_env, phantom_
     dead = [json.loads(line) for line in (run_dir / "dead_letters-00000-of-00001.jsonl").open()]
     assert len(findings) == len(cases) and [d["reason"] for d in dead] == ["not_an_image"]
     for finding in findings:
-        assert contracts.errors(contracts.FINDING, finding) == []
+        assert validation.errors(validation.FINDING, finding) == []
         assert finding["model"] == {"name": DEMO_MODEL, "version": "1"}
     truth = {c.sop_instance_uid: c.expected_label for c in cases}
     for finding in findings:

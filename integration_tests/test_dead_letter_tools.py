@@ -14,13 +14,13 @@ import shutil
 
 import pytest
 
-from integration_tests.scenarios.delivery import JOB_START_S
+from scenarios.delivery import JOB_START_S
 from streaming.kafka.reading import read_topic
-from streaming import dead_letter_tools
-from streaming.demo import phantoms
+from streaming.tools import dead_letter_tools
+from streaming.local import phantoms
 from streaming.kafka.admin import ensure_topics
-from streaming.modality import event_for_file, publish_events, publish_raw
-from streaming.outcomes import OutcomeLog
+from streaming.tools.modality import event_for_file, publish_events, publish_raw
+from streaming.kafka.outcomes import OutcomeLog
 from integration_tests.conftest import STUDY_IMAGE_SIZE
 
 

@@ -10,11 +10,11 @@ from __future__ import annotations
 import pytest
 
 from integration_tests.conftest import STUDY_IMAGE_SIZE
-from integration_tests.scenarios.delivery import (Topics, run_crash_scenario,
+from scenarios.delivery import (Topics, run_crash_scenario,
                                                   run_outage_scenario, run_replay_scenario)
-from streaming.demo import phantoms
+from streaming.local import phantoms
 from streaming.kafka.admin import ensure_topics
-from streaming.modality import event_for_file
+from streaming.tools.modality import event_for_file
 
 
 @pytest.fixture

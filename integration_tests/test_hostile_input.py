@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from integration_tests.scenarios.hostile import HOSTILE_CLASSES, run_hostile_campaign
+from scenarios.hostile import HOSTILE_CLASSES, run_hostile_campaign
 
 BAD_INPUTS = 4 * len(HOSTILE_CLASSES)
 GOOD_EVENTS = 30

@@ -6,13 +6,13 @@ import json
 import threading
 import time
 
-from streaming.broker import EmbeddedBroker
+from streaming.local.broker import EmbeddedBroker
 from streaming.kafka.admin import ensure_topics
 from streaming.kafka.config import KafkaConfig
 from streaming.kafka.ledger import ledger_for
 from streaming.kafka.sink import PublishToKafka, WriterSettings
-from streaming.outcomes import OutcomeLog
-from streaming.records import OutboundRecord, SourcePosition
+from streaming.kafka.outcomes import OutcomeLog
+from streaming.contracts.records import OutboundRecord, SourcePosition
 
 
 def finding(offset: int, size: int = 100) -> OutboundRecord:

@@ -14,9 +14,9 @@ import functools
 
 import pytest
 
-from integration_tests.scenarios import phi
-from streaming.broker import free_port
-from streaming.demo.reference_data import ScannerFilesMissing
+from scenarios import phi
+from streaming.local.broker import free_port
+from streaming.local.reference_data import ScannerFilesMissing
 
 
 def test_canary_copies_carry_the_canaries_they_are_searched_for(tmp_path):

@@ -14,14 +14,14 @@ import pytest
 import redis
 
 from integration_tests.conftest import STUDY_IMAGE_SIZE
-from integration_tests.scenarios.redis_server import RedisServer
-from integration_tests.scenarios.tls_front import TlsFront, self_signed_certificate
-from streaming.broker import LOOPBACK
-from streaming.dedup import DedupStore, DedupUnavailable, RedisSettings
-from streaming.demo import phantoms
+from scenarios.redis_server import RedisServer
+from scenarios.tls_front import TlsFront, self_signed_certificate
+from streaming.local.broker import LOOPBACK
+from streaming.delivery.dedup import DedupStore, DedupUnavailable, RedisSettings
+from streaming.local import phantoms
 from streaming.kafka.admin import ensure_topics
-from streaming.modality import event_for_file, publish_events
-from streaming.outcomes import OutcomeLog
+from streaming.tools.modality import event_for_file, publish_events
+from streaming.kafka.outcomes import OutcomeLog
 
 PASSWORD = "s3cret-for-tests-only"
 

@@ -6,12 +6,12 @@ import threading
 
 import pytest
 
-from integration_tests.scenarios.delivery import JOB_START_S
-from streaming import contracts
-from streaming.demo import phantoms
+from scenarios.delivery import JOB_START_S
+from streaming.contracts import validation
+from streaming.local import phantoms
 from streaming.kafka.admin import ensure_topics
-from streaming.modality import event_for_file, publish_events
-from streaming.outcomes import OutcomeLog
+from streaming.tools.modality import event_for_file, publish_events
+from streaming.kafka.outcomes import OutcomeLog
 from integration_tests.conftest import STUDY_IMAGE_SIZE
 
 
@@ -24,7 +24,7 @@ def study_events(tmp_path):
 
 def announce_again(events, times):
     """The same images announced again: new events, each needing its own outcome."""
-    from streaming.modality import restamp  # noqa: PLC0415
+    from streaming.tools.modality import restamp  # noqa: PLC0415
     return [restamp(event) for _ in range(times) for event in events]
 
 
@@ -59,8 +59,8 @@ def test_drained_restart_loses_nothing_and_repeats_nothing(kafka, topics, start_
     assert len(log.outcomes) == len(everything)
     assert log.undecodable == 0
     for outcome in log.outcomes:
-        schema = contracts.FINDING if outcome.kind == "finding" else contracts.DEAD_LETTER
-        assert contracts.errors(schema, outcome.document) == []
+        schema = validation.FINDING if outcome.kind == "finding" else validation.DEAD_LETTER
+        assert validation.errors(schema, outcome.document) == []
 
 
 def test_killed_job_loses_nothing_after_restart(kafka, topics, start_job, study_events):

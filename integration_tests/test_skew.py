@@ -15,11 +15,11 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from batch_training.evaluation import evaluate_version
 from batch_training.train import TrainingConfig, train_and_register
-from streaming.demo import phantoms
-from streaming.demo.reference_data import pneumoniamnist_path
+from streaming.local import phantoms
+from streaming.local.reference_data import pneumoniamnist_path
 from streaming.kafka.admin import ensure_topics
-from streaming.modality import event_for_file, publish_events
-from streaming.outcomes import OutcomeLog
+from streaming.tools.modality import event_for_file, publish_events
+from streaming.kafka.outcomes import OutcomeLog
 
 MODEL = "skew-cnn"
 CLASSES = ("normal", "pneumonia")

@@ -9,17 +9,17 @@ import pydicom
 import pytest
 from pydicom.uid import generate_uid
 
-from integration_tests.scenarios.delivery import JOB_START_S
-from streaming import contracts
-from streaming.demo import phantoms
-from streaming.demo.reference_data import ScannerFilesMissing, scanner_files
-from streaming.events import new_event
+from scenarios.delivery import JOB_START_S
+from streaming.contracts import validation
+from streaming.local import phantoms
+from streaming.local.reference_data import ScannerFilesMissing, scanner_files
+from streaming.contracts.events import new_event
 from streaming.imaging.decoding import decode_image_bytes
 from streaming.imaging.types import ImageLimits, ImageRejected
-from streaming.modality import event_for_file, publish_events, publish_raw
-from streaming.outcomes import OutcomeLog
+from streaming.tools.modality import event_for_file, publish_events, publish_raw
+from streaming.kafka.outcomes import OutcomeLog
 from integration_tests.conftest import STUDY_IMAGE_SIZE
-from integration_tests.scenarios import bad_files
+from scenarios import bad_files
 
 SENDER = "TEST_PACS"
 
@@ -116,8 +116,8 @@ def test_scanner_files_and_broken_events_each_get_exactly_one_outcome(
     assert log.duplicates() == {} and log.undecodable == 0
     assert len(log.outcomes) == len(broken) + len(wanted)
     for outcome in log.outcomes:
-        schema = contracts.FINDING if outcome.kind == "finding" else contracts.DEAD_LETTER
-        assert contracts.errors(schema, outcome.document) == [], outcome.document
+        schema = validation.FINDING if outcome.kind == "finding" else validation.DEAD_LETTER
+        assert validation.errors(schema, outcome.document) == [], outcome.document
 
     # Broken events: each dead-lettered with its reason.
     broken_reasons = sorted(o.document["reason"] for o in log.outcomes

@@ -31,7 +31,7 @@ def write_phantom(path: Path, rng: np.random.Generator, lesion: bool, index: int
     """A 48x48 chest phantom: PNG for a .png path, else RLE DICOM (MONOCHROME1)."""
     from PIL import Image  # noqa: PLC0415
 
-    from streaming.demo import phantoms  # noqa: PLC0415
+    from streaming.local import phantoms  # noqa: PLC0415
     path.parent.mkdir(parents=True, exist_ok=True)
     pixels = phantoms.render_chest_phantom(rng, 48, lesion=lesion)
     if path.suffix == ".png":
@@ -45,7 +45,7 @@ def write_phantom(path: Path, rng: np.random.Generator, lesion: bool, index: int
 def phantom_folder(root: Path, broken: bool = False) -> Path:
     """train/ and validation/ with normal and lesion, PNG and DICOM files mixed, a text
     file to ignore, and with ``broken`` one file that is not DICOM at all."""
-    from streaming.demo import phantoms  # noqa: PLC0415
+    from streaming.local import phantoms  # noqa: PLC0415
     rng = np.random.default_rng(4)
     for split, count in (("train", 3), ("validation", 2)):
         for label in phantoms.PHANTOM_CLASSES:

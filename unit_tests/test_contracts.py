@@ -7,14 +7,14 @@ import uuid
 
 import pytest
 
-from streaming import contracts
-from streaming.dead_letters import Rejection, Stage, build_dead_letter, payload_excerpt
-from streaming.events import EventRejected, new_event, parse_event
-from streaming.findings import build_finding, finding_id
+from streaming.contracts import validation
+from streaming.contracts.dead_letters import Rejection, Stage, build_dead_letter, payload_excerpt
+from streaming.contracts.events import EventRejected, new_event, parse_event
+from streaming.job.findings import build_finding, finding_id
 from streaming.modeling.metadata import Applicability, Decision
 from streaming.modeling.scoring import Scoring
-from streaming.reasons import Reason
-from streaming.records import KafkaRecord, SourcePosition
+from streaming.contracts.reasons import Reason
+from streaming.contracts.records import KafkaRecord, SourcePosition
 
 STUDY = "1.2.840.113619.2.55.3.604688119.969.1268071029.320"
 SOURCE = SourcePosition("image-events", 2, 41)
@@ -36,16 +36,16 @@ def a_record(payload: bytes) -> KafkaRecord:
 
 
 def test_every_schema_is_a_valid_json_schema():
-    for name in (contracts.IMAGE_EVENT, contracts.FINDING, contracts.DEAD_LETTER,
-                 contracts.MODEL_METADATA):
-        schema = contracts.schema(name)
-        contracts.validator(name).check_schema(schema)
+    for name in (validation.IMAGE_EVENT, validation.FINDING, validation.DEAD_LETTER,
+                 validation.MODEL_METADATA):
+        schema = validation.schema(name)
+        validation.validator(name).check_schema(schema)
         assert schema["$id"].endswith(name)
 
 
 def test_a_new_event_is_valid_and_round_trips():
     event = an_event(sha256="a" * 64, body_part_examined="CHEST")
-    assert contracts.errors(contracts.IMAGE_EVENT, event.to_document()) == []
+    assert validation.errors(validation.IMAGE_EVENT, event.to_document()) == []
     assert parse_event(event.to_json()) == event
 
 
@@ -128,7 +128,7 @@ def scored(positive_score: float, threshold=0.5, urgent_threshold=0.9) -> Scorin
 def test_findings_are_valid_and_carry_no_patient_identity():
     event = an_event()
     document = build_finding(event, a_record(event.to_json()), scored(0.97))
-    assert contracts.errors(contracts.FINDING, document) == []
+    assert validation.errors(validation.FINDING, document) == []
     assert not PHI_FIELDS & set(document)
     assert document["label"] == "pneumonia" and document["positive"] and document["urgent"]
     assert document["model"] == {"name": "pneumonia-cnn", "version": "3"}
@@ -149,7 +149,7 @@ def test_not_applicable_findings_have_no_scores():
     scoring = Scoring(Scoring.NOT_APPLICABLE, "pneumonia-cnn", "3", modality="CT",
                       not_applicable_reason="modality CT is not one of CR, DX")
     document = build_finding(event, a_record(b"{}"), scoring)
-    assert contracts.errors(contracts.FINDING, document) == []
+    assert validation.errors(validation.FINDING, document) == []
     assert document["status"] == "not_applicable" and document["scores"] == {}
     assert document["label"] is None and not document["positive"]
 
@@ -170,7 +170,7 @@ def test_dead_letters_are_valid_with_truncated_payload_and_its_digest():
     payload = b'{"schema_version": 1, "uri": "' + b"x" * 50_000 + b'"}'
     document = build_dead_letter(Rejection(Reason.PAYLOAD_TOO_LARGE, "too big", Stage.PARSE),
                                  SOURCE, payload, payload_limit=1024)
-    assert contracts.errors(contracts.DEAD_LETTER, document) == []
+    assert validation.errors(validation.DEAD_LETTER, document) == []
     assert document["payload"]["truncated"] and len(document["payload"]["data"]) == 1024
     assert document["payload"]["size_bytes"] == len(payload)
     assert document["source"] == {"topic": "image-events", "partition": 2, "offset": 41}
@@ -191,7 +191,7 @@ def test_binary_payloads_are_kept_as_base64():
 
 
 def test_every_reason_code_comes_from_the_schema():
-    codes = contracts.schema(contracts.DEAD_LETTER)["properties"]["reason"]["enum"]
+    codes = validation.schema(validation.DEAD_LETTER)["properties"]["reason"]["enum"]
     assert [reason.value for reason in Reason] == codes
 
 

@@ -7,14 +7,14 @@ import json
 
 import pytest
 
-from streaming import contracts
-from streaming.dead_letter_tools import (REPLAY_RULES, DeadLetterRecord, ReplayReport,
+from streaming.contracts import validation
+from streaming.tools.dead_letter_tools import (REPLAY_RULES, DeadLetterRecord, ReplayReport,
                                          decide, parse_since, replay_lines, replay_plan,
                                          select, summarise_records, summary_lines)
-from streaming.dead_letters import Rejection, Stage, build_dead_letter
-from streaming.events import new_event
-from streaming.reasons import Reason
-from streaming.records import SourcePosition
+from streaming.contracts.dead_letters import Rejection, Stage, build_dead_letter
+from streaming.contracts.events import new_event
+from streaming.contracts.reasons import Reason
+from streaming.contracts.records import SourcePosition
 
 NOW = 1_795_000_000.0
 
@@ -82,7 +82,7 @@ def test_a_replayed_event_is_the_original_restamped_and_valid():
     decision = decide(dead_letter(Reason.UNREADABLE_URI, encoded(original)), NOW, {})
     assert decision.refused is None
     replayed = json.loads(decision.event)
-    assert contracts.errors(contracts.IMAGE_EVENT, replayed) == []
+    assert validation.errors(validation.IMAGE_EVENT, replayed) == []
     assert replayed["event_id"] == decision.new_event_id != original["event_id"]
     assert replayed["sent_at"] != original["sent_at"]
     assert {k: v for k, v in replayed.items() if k not in ("event_id", "sent_at")} == \

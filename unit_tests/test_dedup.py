@@ -9,11 +9,12 @@ import fakeredis
 import pytest
 import redis
 
-from streaming import dedup
-from streaming.dedup import DedupStore, DedupUnavailable, RedisSettings, identity, settle_pending
+from streaming.delivery import dedup
+from streaming.delivery.dedup import (DedupStore, DedupUnavailable, RedisSettings, identity,
+                                      settle_pending)
 from streaming.kafka.ledger import OffsetLedger
 from streaming.kafka.sink import Claims
-from streaming.records import OutboundRecord, SourcePosition
+from streaming.contracts.records import OutboundRecord, SourcePosition
 
 SETTINGS = RedisSettings(url="redis://127.0.0.1:6379/0", namespace="test-group", ttl_s=600,
                          takeover_after_s=0.5)
@@ -137,7 +138,7 @@ def test_a_live_holder_is_waited_for_then_taken_over(claims, server):
 
 
 def test_an_unreadable_password_file_is_named_not_a_bare_os_error(tmp_path):
-    from streaming.secrets import SecretUnreadable  # noqa: PLC0415
+    from streaming.runtime.secrets import SecretUnreadable  # noqa: PLC0415
 
     with pytest.raises(SecretUnreadable, match="MEDIMG_REDIS_PASSWORD_FILE names .*missing"):
         SETTINGS.client({"MEDIMG_REDIS_PASSWORD_FILE": str(tmp_path / "missing")})

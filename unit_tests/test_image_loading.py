@@ -34,9 +34,9 @@ from pydicom.pixels import (apply_color_lut, apply_modality_lut, apply_voi_lut,
 from apache_beam.io.localfilesystem import LocalFileSystem
 from streaming.imaging.access import AccessPolicy, open_image_bytes
 from streaming.imaging.decoding import DICOM, JPEG, PNG, decode_image_bytes, load_image
-from streaming.demo.reference_data import scanner_files
+from streaming.local.reference_data import scanner_files
 from streaming.imaging.types import DecodedImage, ImageLimits, ImageRejected
-from streaming.reasons import Reason
+from streaming.contracts.reasons import Reason
 
 if "pydicom-data" not in external_data_sources():
     pytest.skip("pydicom-data is not installed: pip install -e '.[test]' (its real "

@@ -16,16 +16,18 @@ import pydicom
 import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from streaming import contracts, pipeline
-from streaming.demo.reference_data import scanner_files
-from streaming.events import EventRejected, new_event, parse_event, rfc3339_epoch
-from streaming.findings import build_finding
+from streaming.contracts import validation
+
+from streaming.job import pipeline
+from streaming.local.reference_data import scanner_files
+from streaming.contracts.events import EventRejected, new_event, parse_event, rfc3339_epoch
+from streaming.job.findings import build_finding
 from streaming.imaging.decoding import DICOM, decode_image_bytes
 from streaming.imaging.types import ImageLimits, ImageRejected
 from streaming.modeling.scoring import Scoring
-from streaming.options import job_settings
-from streaming.reasons import Reason
-from streaming.records import KafkaRecord, SourcePosition
+from streaming.job.options import job_settings
+from streaming.contracts.reasons import Reason
+from streaming.contracts.records import KafkaRecord, SourcePosition
 
 
 def test_a_tombstone_is_an_invalid_json_dead_letter_not_a_crash(tmp_path):
@@ -36,7 +38,7 @@ def test_a_tombstone_is_an_invalid_json_dead_letter_not_a_crash(tmp_path):
     record = KafkaRecord(SourcePosition("image-events", 0, 5), b"key", None, 0, 0.0)
     (output,) = list(pipeline.ParseEvents(settings).process(record))
     document = json.loads(output.value.value)
-    assert contracts.errors(contracts.DEAD_LETTER, document) == []
+    assert validation.errors(validation.DEAD_LETTER, document) == []
     assert document["reason"] == "invalid_json" and "tombstone" in document["message"]
     assert document["payload"]["size_bytes"] == 0
 

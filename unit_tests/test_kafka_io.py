@@ -12,7 +12,7 @@ from apache_beam.io.watermark_estimators import ManualWatermarkEstimator
 from streaming.kafka.config import KafkaConfig, KafkaConfigError
 from streaming.kafka.ledger import OffsetLedger
 from streaming.kafka.source import END_OF_TIME, PartitionToRead, ReaderSettings, ReadPartitions
-from streaming.records import SourcePosition
+from streaming.contracts.records import SourcePosition
 
 
 def positions(*offsets, partition=0):

@@ -184,7 +184,7 @@ def test_streaming_package_runs_without_tensorflow(small_registry):
                     raise ImportError("TensorFlow is not installed on this worker")
         sys.meta_path.insert(0, NoTensorFlow())
         import numpy as np, json
-        import streaming.pipeline
+        import streaming.job.pipeline
         from streaming.modeling.handler import KerasModelHandler
         from streaming.modeling.scoring import ImageToScore
         from streaming.imaging.types import DecodedImage

@@ -22,10 +22,10 @@ from batch_training.models import ARCHITECTURES, build_model
 from batch_training.evaluation import evaluate_version
 from batch_training.train import (TrainingConfig, augmentation, carve_calibration_split,
                                   class_weights, promote, train_and_register)
-from streaming import contracts
-from streaming.demo import phantoms
+from streaming.contracts import validation
+from streaming.local import phantoms
 from streaming.imaging.decoding import decode_image_bytes
-from streaming.demo.reference_data import PNEUMONIAMNIST, shared_data_dir
+from streaming.local.reference_data import PNEUMONIAMNIST, shared_data_dir
 from streaming.imaging.preprocessing import PreprocessingSpec, preprocess
 from streaming.imaging.types import ImageLimits
 from streaming.modeling.loading import load_model
@@ -203,7 +203,7 @@ def test_first_training_registers_version_1_and_sets_production(trained):
     assert registry.production(MODEL_NAME) == "1"
     stored = json.loads((Path(registry.version_uri(MODEL_NAME, "1")) / "metadata.json")
                         .read_text())
-    assert contracts.errors(contracts.MODEL_METADATA, stored) == []
+    assert validation.errors(validation.MODEL_METADATA, stored) == []
     metadata = ModelMetadata.from_dict(stored)
     assert metadata.classes == ("normal", "lesion") and metadata.positive_class == "lesion"
     assert metadata.preprocessing.input_shape == (PHANTOM_SIZE, PHANTOM_SIZE, 1)

@@ -10,7 +10,7 @@ import pydicom
 import pytest
 from pydicom.pixels import apply_modality_lut
 
-from streaming.demo import phantoms
+from streaming.local import phantoms
 from streaming.imaging.decoding import decode_image_bytes
 from streaming.imaging.types import ImageLimits
 

@@ -6,8 +6,8 @@ import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 from apache_beam.portability import common_urns
 
-from streaming.options import LOCAL_RUNNER, job_settings
-from streaming.pipeline import build_pipeline, pipeline_options
+from streaming.job.options import LOCAL_RUNNER, job_settings
+from streaming.job.pipeline import build_pipeline, pipeline_options
 
 PORTABLE = {
     common_urns.primitives.IMPULSE.urn,

@@ -11,14 +11,16 @@ import pytest
 from apache_beam.ml.inference.base import PredictionResult
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from streaming import contracts, pipeline
-from streaming.demo import phantoms
-from streaming.events import ReceivedEvent, parse_event
+from streaming.contracts import validation
+
+from streaming.job import pipeline
+from streaming.local import phantoms
+from streaming.contracts.events import ReceivedEvent, parse_event
 from streaming.imaging.types import DecodedImage
-from streaming.modality import event_for_file
+from streaming.tools.modality import event_for_file
 from streaming.modeling.scoring import ImageToScore, Scoring
-from streaming.options import job_settings
-from streaming.records import KafkaRecord, OutboundRecord, SourcePosition
+from streaming.job.options import job_settings
+from streaming.contracts.records import KafkaRecord, OutboundRecord, SourcePosition
 
 
 @pytest.fixture
@@ -47,7 +49,7 @@ def dead_letter_of(output) -> dict:
     record: OutboundRecord = output.value
     assert record.kind == OutboundRecord.DEAD_LETTER
     document = json.loads(record.value)
-    assert contracts.errors(contracts.DEAD_LETTER, document) == []
+    assert validation.errors(validation.DEAD_LETTER, document) == []
     return document
 
 
@@ -85,7 +87,7 @@ def test_an_unexpected_loader_error_is_a_dead_letter_and_logs_no_values(
         document = dead_letter_of(only(pipeline.LoadImages(settings).process(received)))
     assert document["reason"] == "undecodable_pixel_data"
     assert "RuntimeError" in document["message"]
-    (logged,) = [r for r in caplog.records if r.name == "streaming.pipeline"]
+    (logged,) = [r for r in caplog.records if r.name == "streaming.job.pipeline"]
     assert "CANARY" not in document["message"] and "CANARY" not in str(vars(logged))
     assert logged.error == "RuntimeError"
     assert any("broken_loader" in frame for frame in logged.where)  # where it failed

@@ -20,7 +20,7 @@ from batch_training.preprocess import (PreprocessingManifest, build_pipeline, de
                                        load_shards, pipeline_options, plan_preprocessing,
                                        read_file, read_split, run_preprocessing)
 from streaming.imaging.decoding import decode_image_bytes
-from streaming.demo.reference_data import PNEUMONIAMNIST, shared_data_dir
+from streaming.local.reference_data import PNEUMONIAMNIST, shared_data_dir
 from streaming.imaging.preprocessing import PreprocessingSpec, preprocess
 from streaming.imaging.types import ImageLimits, ImageRejected
 from unit_tests.conftest import phantom_folder, write_phantom

@@ -17,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 import os
 
-from streaming.secrets import SecretUnreadable, read_secret
+from streaming.runtime.secrets import SecretUnreadable, read_secret
 
 SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER")

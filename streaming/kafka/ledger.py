@@ -16,7 +16,7 @@ from __future__ import annotations
 import collections
 import threading
 
-from streaming.records import SourcePosition
+from streaming.contracts.records import SourcePosition
 
 
 class _PartitionLedger:

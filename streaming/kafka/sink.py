@@ -24,15 +24,15 @@ import apache_beam as beam
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.errors import KafkaError, MessageSizeTooLargeError, RecordListTooLargeError
 
-from streaming import metrics
-from streaming.dedup import (DedupStore, DedupUnavailable, RedisSettings, identity,
+from streaming.runtime import metrics
+from streaming.delivery.dedup import (DedupStore, DedupUnavailable, RedisSettings, identity,
                              store_for)
-from streaming.dead_letters import Rejection, Stage, dead_letter_record
+from streaming.contracts.dead_letters import Rejection, Stage, dead_letter_record
 from streaming.kafka.config import KafkaConfig
 from streaming.kafka.ledger import ledger_for
-from streaming.outcomes import outcome_identities
-from streaming.reasons import Reason
-from streaming.records import OutboundRecord
+from streaming.kafka.outcomes import outcome_identities
+from streaming.contracts.reasons import Reason
+from streaming.contracts.records import OutboundRecord
 
 LOG = logging.getLogger(__name__)
 

@@ -33,11 +33,11 @@ from kafka import KafkaConsumer, TopicPartition
 from kafka.errors import KafkaError
 from kafka.structs import OffsetAndMetadata
 
-from streaming import lifecycle
+from streaming.runtime import lifecycle
 from streaming.kafka.admin import partitions_of
 from streaming.kafka.config import KafkaConfig
 from streaming.kafka.ledger import ledger_for
-from streaming.records import KafkaRecord, SourcePosition
+from streaming.contracts.records import KafkaRecord, SourcePosition
 
 LOG = logging.getLogger(__name__)
 

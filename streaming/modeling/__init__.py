@@ -1,1 +1,5 @@
-"""Models for serving and training: metadata, the registry, loading, and the Beam handler."""
+"""Models for serving and training: metadata, the registry, loading, scoring, hot swap and
+the RunInference handler.
+
+May import imaging, contracts and runtime; never a transport, the job, delivery or tools.
+"""

@@ -18,7 +18,7 @@ from typing import Any, Iterable, Optional, Sequence
 
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
-from streaming import metrics
+from streaming.runtime import metrics
 from streaming.modeling.scoring import ImageToScore, ModelServer, Scoring
 from streaming.modeling.serving import DEFAULT_POLL_S, serve
 

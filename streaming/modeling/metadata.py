@@ -13,9 +13,9 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from streaming import contracts
+from streaming.contracts import validation
 from streaming.imaging.preprocessing import PreprocessingSpec
-from streaming.records import utc_iso
+from streaming.contracts.records import utc_iso
 
 
 class InvalidModelMetadata(ValueError):
@@ -121,7 +121,7 @@ class ModelMetadata:
 
     @classmethod
     def from_dict(cls, document: Mapping) -> "ModelMetadata":
-        problems = contracts.errors(contracts.MODEL_METADATA, dict(document))
+        problems = validation.errors(validation.MODEL_METADATA, dict(document))
         if problems:
             raise InvalidModelMetadata("model metadata breaks schemas/model_metadata.v1.json: "
                                        + "; ".join(problems))

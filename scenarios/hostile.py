@@ -42,15 +42,15 @@ from hypothesis import strategies as st
 from hypothesis.errors import HypothesisWarning
 from kafka import KafkaProducer
 
-from integration_tests.scenarios.delivery import JOB_START_S
-from integration_tests.scenarios.hostile_inputs import (HOSTILE_CLASSES, HostileClass, Workshop,
+from scenarios.delivery import JOB_START_S
+from scenarios.hostile_inputs import (HOSTILE_CLASSES, HostileClass, Workshop,
                                                         good_event, prepare_workshop)
-from streaming import contracts
-from streaming.events import DEFAULT_MAX_EVENT_BYTES
+from streaming.contracts import validation
+from streaming.contracts.events import DEFAULT_MAX_EVENT_BYTES
 from streaming.imaging.types import ImageLimits
 from streaming.kafka.admin import ensure_topics
 from streaming.kafka.config import KafkaConfig
-from streaming.outcomes import OutcomeLog
+from streaming.kafka.outcomes import OutcomeLog
 
 __all__ = ["HOSTILE_CLASSES", "HostileReport", "build_campaign", "check_outcomes",
            "publish_campaign", "run_hostile_campaign"]
@@ -253,9 +253,9 @@ def _match(positions: dict, topic: str, log: OutcomeLog) -> _Matched:
                      if isinstance(record, GoodEvent)}
     matched = _Matched(collections.defaultdict(list), [], 0, 0)
     for outcome in log.outcomes:
-        schema = contracts.FINDING if outcome.kind == "finding" else contracts.DEAD_LETTER
+        schema = validation.FINDING if outcome.kind == "finding" else validation.DEAD_LETTER
         matched.invalid += [f"{outcome.kind}: {e}"
-                            for e in contracts.errors(schema, outcome.document)]
+                            for e in validation.errors(schema, outcome.document)]
         position = _source_position(outcome, topic, good_position)
         if position not in positions:
             matched.unexpected += 1

@@ -10,10 +10,10 @@ import json
 import time
 import uuid
 
-from streaming import metrics
-from streaming.events import ImageEvent
+from streaming.runtime import metrics
+from streaming.contracts.events import ImageEvent
 from streaming.modeling.scoring import Scoring
-from streaming.records import KafkaRecord, OutboundRecord, utc_iso
+from streaming.contracts.records import KafkaRecord, OutboundRecord, utc_iso
 
 FINDING_NAMESPACE = uuid.UUID("0b6a3f0e-35c9-4a53-8f8e-5c1d9d1f2e77")
 

@@ -19,7 +19,8 @@ FINDING = "finding.v1.json"
 DEAD_LETTER = "dead_letter.v1.json"
 MODEL_METADATA = "model_metadata.v1.json"
 
-_PACKAGE_DIR = Path(__file__).resolve().parent
+# streaming/, whose installed copies carry the schemas (setup.py maps them there).
+_PACKAGE_DIR = Path(__file__).resolve().parents[1]
 # Installed copies carry the schemas inside the package (setup.py maps them there);
 # a source checkout reads them from the top-level folder.
 _SCHEMA_DIRS = (_PACKAGE_DIR / "schemas", _PACKAGE_DIR.parent / "schemas")

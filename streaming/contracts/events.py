@@ -13,9 +13,9 @@ import json
 import time
 import uuid
 
-from streaming import contracts
-from streaming.reasons import Reason
-from streaming.records import KafkaRecord, utc_iso
+from streaming.contracts import validation
+from streaming.contracts.reasons import Reason
+from streaming.contracts.records import KafkaRecord, utc_iso
 
 SCHEMA_VERSION = 1
 DEFAULT_MAX_EVENT_BYTES = 64 * 1024
@@ -99,7 +99,7 @@ def parse_event(payload: bytes | None, max_bytes: int = DEFAULT_MAX_EVENT_BYTES)
                             f"event schema_version {json.dumps(version)[:20]} is not supported; "
                             f"this job reads version {SCHEMA_VERSION}",
                             _safe_id(event_id), _safe_uid(study))
-    problems = contracts.violated_fields(contracts.IMAGE_EVENT, document)
+    problems = validation.violated_fields(validation.IMAGE_EVENT, document)
     if problems:
         raise EventRejected(Reason.SCHEMA_VIOLATION,
                             "event breaks schemas/image_event.v1.json: " + "; ".join(problems),

@@ -399,7 +399,7 @@ def generate_study_set(out_dir: str | Path, n_studies: int = 24, *, seed: int = 
 
 
 def _write_manifest(out_dir: Path, cases: Sequence[PhantomCase], *, seed: int, size: int):
-    manifest = {"generator": "streaming.demo.phantoms", "seed": seed, "size": size,
+    manifest = {"generator": "streaming.local.phantoms", "seed": seed, "size": size,
                 "classes": list(PHANTOM_CLASSES), "positive_class": POSITIVE_CLASS,
                 "cases": [case.manifest_entry(out_dir) for case in cases]}
     (out_dir / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n")

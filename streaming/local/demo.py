@@ -23,15 +23,15 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn
 from rich.table import Table
 
-from streaming.broker import EmbeddedBroker
-from streaming.demo import phantoms
-from streaming.events import new_event
+from streaming.local.broker import EmbeddedBroker
+from streaming.local import phantoms
+from streaming.contracts.events import new_event
 from streaming.kafka.admin import ensure_topics
 from streaming.kafka.config import KafkaConfig
-from streaming.local_job import LocalJob, job_arguments
-from streaming.modality import event_for_file, publish_events, publish_raw
+from streaming.local.local_job import LocalJob, job_arguments
+from streaming.tools.modality import event_for_file, publish_events, publish_raw
 from streaming.modeling.registry import ModelRegistry
-from streaming.outcomes import OutcomeLog
+from streaming.kafka.outcomes import OutcomeLog
 
 DEMO_MODEL = "phantom-lesion-cnn"
 TOPICS = {"events": "image-events", "findings": "findings", "dead_letters": "dead-letters"}

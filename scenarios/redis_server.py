@@ -14,7 +14,7 @@ from pathlib import Path
 
 import redis
 
-from streaming.broker import LOOPBACK, free_port, port_is_open
+from streaming.local.broker import LOOPBACK, free_port, port_is_open
 
 
 def redis_server_binary() -> str:

@@ -41,11 +41,11 @@ from typing import Iterable
 
 from kafka import KafkaProducer
 
-from streaming.events import DEFAULT_MAX_EVENT_BYTES, EventRejected, parse_event
+from streaming.contracts.events import DEFAULT_MAX_EVENT_BYTES, EventRejected, parse_event
 from streaming.kafka.config import KafkaConfig
 from streaming.kafka.reading import read_topic
-from streaming.reasons import Reason
-from streaming.records import SourcePosition, utc_iso
+from streaming.contracts.reasons import Reason
+from streaming.contracts.records import SourcePosition, utc_iso
 
 LOG = logging.getLogger(__name__)
 

@@ -21,11 +21,11 @@ import apache_beam as beam
 from apache_beam.ml.inference.base import PredictionResult, RunInference
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
-from streaming import lifecycle, logs, metrics
-from streaming.dead_letters import Rejection, Stage, dead_letter_record
-from streaming.dedup import DedupUnavailable, settle_pending, store_for
-from streaming.events import EventRejected, ReceivedEvent, parse_event
-from streaming.findings import finding_record
+from streaming.runtime import lifecycle, logs, metrics
+from streaming.contracts.dead_letters import Rejection, Stage, dead_letter_record
+from streaming.delivery.dedup import DedupUnavailable, settle_pending, store_for
+from streaming.contracts.events import EventRejected, ReceivedEvent, parse_event
+from streaming.job.findings import finding_record
 from streaming.imaging.decoding import load_image
 from streaming.imaging.types import ImageRejected
 from streaming.kafka.admin import ensure_topics
@@ -34,10 +34,10 @@ from streaming.kafka.source import ReadFromKafka
 from streaming.modeling.handler import KerasModelHandler
 from streaming.modeling.registry import ModelRegistry
 from streaming.modeling.scoring import ImageToScore, Scoring
-from streaming.options import LOCAL_RUNNER, JobSettings, job_settings
-from streaming.outcomes import outcome_identities
-from streaming.reasons import Reason
-from streaming.records import KafkaRecord, OutboundRecord
+from streaming.job.options import LOCAL_RUNNER, JobSettings, job_settings
+from streaming.kafka.outcomes import outcome_identities
+from streaming.contracts.reasons import Reason
+from streaming.contracts.records import KafkaRecord, OutboundRecord
 
 LOG = logging.getLogger(__name__)
 DEAD_LETTERS = "dead_letters"

@@ -16,6 +16,7 @@ from typing import Callable, Iterable, Iterator
 from kafka import KafkaConsumer, TopicPartition
 
 from streaming.kafka.admin import wait_for_partitions
+from streaming.delivery.dedup import outcome_identity
 from streaming.kafka.config import KafkaConfig
 
 
@@ -107,14 +108,6 @@ class OutcomeLog:
     def __exit__(self, *exc) -> None:
         self.close()
 
-
-def outcome_identity(kind: str, document: dict) -> str:
-    """The dedup identity an outcome settles (see streaming/dedup.py)."""
-    from streaming.dedup import identity  # noqa: PLC0415
-    from streaming.records import SourcePosition  # noqa: PLC0415
-    if kind == "finding":
-        return document["event_id"]
-    return identity(document.get("event_id"), SourcePosition(**document["source"]))
 
 
 def read_outcomes(config: KafkaConfig, findings_topic: str, dead_letter_topic: str,

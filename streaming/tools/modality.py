@@ -20,10 +20,10 @@ from pydicom.errors import InvalidDicomError
 from pydicom.uid import generate_uid
 from kafka import KafkaProducer
 
-from streaming import contracts
-from streaming.events import ImageEvent, new_event
+from streaming.contracts import validation
+from streaming.contracts.events import ImageEvent, new_event
 from streaming.kafka.config import KafkaConfig
-from streaming.records import utc_iso
+from streaming.contracts.records import utc_iso
 
 LOG = logging.getLogger(__name__)
 
@@ -110,7 +110,7 @@ def event_for_file(path: Path, *, sender: str, priority: str = "routine",
                       sender=sender, priority=priority,
                       sha256=_sha256(path) if with_sha256 else None,
                       body_part_examined=body_part)
-    problems = contracts.violated_fields(contracts.IMAGE_EVENT, event.to_document())
+    problems = validation.violated_fields(validation.IMAGE_EVENT, event.to_document())
     if problems:
         # Header values that break the event contract (e.g. UIDs that are not DICOM UIDs).
         raise ValueError("the header does not make a valid event: " + "; ".join(problems))

@@ -12,12 +12,12 @@ from __future__ import annotations
 import collections
 import dataclasses
 
-from streaming.dedup import identity
-from streaming.events import DEFAULT_MAX_EVENT_BYTES, EventRejected, parse_event
+from streaming.delivery.dedup import identity
+from streaming.contracts.events import DEFAULT_MAX_EVENT_BYTES, EventRejected, parse_event
 from streaming.kafka.config import KafkaConfig
 from streaming.kafka.reading import read_topic
-from streaming.outcomes import read_outcomes
-from streaming.records import SourcePosition
+from streaming.kafka.outcomes import read_outcomes
+from streaming.contracts.records import SourcePosition
 
 
 @dataclasses.dataclass

@@ -29,15 +29,15 @@ import pydicom
 from hypothesis import assume
 from hypothesis import strategies as st
 
-from integration_tests.scenarios import bad_files
-from streaming import contracts
-from streaming.demo import phantoms
-from streaming.demo.reference_data import ScannerFilesMissing, scanner_files
-from streaming.demo.run import STUDY_IMAGE_SIZE
-from streaming.events import DEFAULT_MAX_EVENT_BYTES
+from scenarios import bad_files
+from streaming.contracts import validation
+from streaming.local import phantoms
+from streaming.local.reference_data import ScannerFilesMissing, scanner_files
+from streaming.local.demo import STUDY_IMAGE_SIZE
+from streaming.contracts.events import DEFAULT_MAX_EVENT_BYTES
 from streaming.imaging.types import ImageLimits
-from streaming.modality import event_for_file
-from streaming.reasons import Reason
+from streaming.tools.modality import event_for_file
+from streaming.contracts.reasons import Reason
 SENDER = "HOSTILE_CAMPAIGN"
 PIXEL_DATA = 0x7FE00010
 # Real files the cut and garbled inputs start from (pydicom's test files); phantoms
@@ -288,7 +288,7 @@ def invalid_field_value(draw, shop: Workshop) -> bytes:
     target = field if field != "study_instance_uid" else draw(st.sampled_from(
         ["study_instance_uid", "series_instance_uid", "sop_instance_uid"]))
     document[target] = draw(_INVALID_VALUES[field])
-    assume(contracts.errors(contracts.IMAGE_EVENT, document))  # the schema is the judge
+    assume(validation.errors(validation.IMAGE_EVENT, document))  # the schema is the judge
     return encode(document)
 
 
@@ -296,7 +296,7 @@ def invalid_field_value(draw, shop: Workshop) -> bytes:
 def missing_required_field(draw, shop: Workshop) -> bytes:
     """A valid event without one or more of its required fields."""
     document = draw(event_documents(str(shop.good_images[0])))
-    required = contracts.schema(contracts.IMAGE_EVENT)["required"]
+    required = validation.schema(validation.IMAGE_EVENT)["required"]
     for field in draw(st.sets(st.sampled_from(required), min_size=1)):
         document.pop(field, None)
     return encode(document)
@@ -316,7 +316,7 @@ def extra_field(draw, shop: Workshop) -> bytes:
     for name in names:
         if name not in document:
             document[name] = draw(st.one_of(st.text(max_size=40), _JSON_NON_STRINGS))
-    assume(set(document) - set(contracts.schema(contracts.IMAGE_EVENT)["properties"]))
+    assume(set(document) - set(validation.schema(validation.IMAGE_EVENT)["properties"]))
     return encode(document)
 
 
@@ -730,7 +730,7 @@ def good_event(draw, shop: Workshop) -> tuple[str, bytes, bytes]:
         event.pop("body_part_examined", None)
     if draw(st.integers(0, 9)) == 0:
         event["schema_version"] = 1.0  # the same number as 1 in JSON
-    problems = contracts.errors(contracts.IMAGE_EVENT, event)
+    problems = validation.errors(validation.IMAGE_EVENT, event)
     if problems:
         raise AssertionError(f"the good-event generator made an invalid event: {problems}")
     key = event["study_instance_uid"].encode()

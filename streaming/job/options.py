@@ -11,9 +11,9 @@ import dataclasses
 
 from apache_beam.options.pipeline_options import KafkaStreamsRunnerOptions, PipelineOptions
 
-from streaming.dead_letters import DEFAULT_PAYLOAD_BYTES
-from streaming.dedup import DEFAULT_TAKEOVER_S, DEFAULT_TTL_S, RedisSettings
-from streaming.events import DEFAULT_MAX_EVENT_BYTES
+from streaming.contracts.dead_letters import DEFAULT_PAYLOAD_BYTES
+from streaming.delivery.dedup import DEFAULT_TAKEOVER_S, DEFAULT_TTL_S, RedisSettings
+from streaming.contracts.events import DEFAULT_MAX_EVENT_BYTES
 from streaming.imaging.access import AccessPolicy
 from streaming.imaging.types import ImageLimits
 from streaming.kafka.config import KafkaConfig

@@ -31,8 +31,8 @@ from pydicom.sequence import Sequence
 from pydicom.uid import (DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian, UID,
                          generate_uid)
 
-from streaming.events import ImageEvent, new_event
-from streaming.modality import event_for_file
+from streaming.contracts.events import ImageEvent, new_event
+from streaming.tools.modality import event_for_file
 
 _ITEM = b"\xfe\xff\x00\xe0"
 _LONG_HEADER_VRS = {"OB", "OD", "OF", "OL", "OV", "OW", "SQ", "UC", "UN", "UR", "UT"}

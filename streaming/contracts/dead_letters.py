@@ -15,9 +15,9 @@ import json
 import time
 import uuid
 
-from streaming import metrics
-from streaming.reasons import Reason
-from streaming.records import OutboundRecord, SourcePosition, utc_iso
+from streaming.runtime import metrics
+from streaming.contracts.reasons import Reason
+from streaming.contracts.records import OutboundRecord, SourcePosition, utc_iso
 
 # Fixed namespace: the same event always maps to the same dead_letter_id.
 DEAD_LETTER_NAMESPACE = uuid.UUID("6f1d3c5e-8a4b-4f0e-9a55-0d7c2b1e4a90")

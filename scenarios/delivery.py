@@ -1,7 +1,7 @@
 """Crash and outage scenarios: the job is killed or cut off while events flow.
 
 Run small by integration_tests/test_delivery.py and in full by ``make
-bench-reliability``. Counting is done by ``streaming.reconcile`` from the topics.
+bench-reliability``. Counting is done by ``streaming.tools.reconcile`` from the topics.
 """
 
 from __future__ import annotations
@@ -12,13 +12,13 @@ import threading
 import time
 from typing import Callable
 
-from streaming.broker import EmbeddedBroker
-from streaming.events import ImageEvent
+from streaming.local.broker import EmbeddedBroker
+from streaming.contracts.events import ImageEvent
 from streaming.kafka.config import KafkaConfig
-from streaming.local_job import LocalJob
-from streaming.modality import publish_events, restamp
-from streaming.outcomes import OutcomeLog
-from streaming.reconcile import reconcile
+from streaming.local.local_job import LocalJob
+from streaming.tools.modality import publish_events, restamp
+from streaming.kafka.outcomes import OutcomeLog
+from streaming.tools.reconcile import reconcile
 
 JOB_START_S = 180.0
 

@@ -38,8 +38,8 @@ from typing import Iterable
 
 import redis
 
-from streaming.records import SourcePosition
-from streaming.secrets import read_secret
+from streaming.contracts.records import SourcePosition
+from streaming.runtime.secrets import read_secret
 
 LOG = logging.getLogger(__name__)
 
@@ -71,6 +71,13 @@ return 0
 def identity(event_id: str | None, source: SourcePosition) -> str:
     """What makes two records the same event: its event_id, else where it was read."""
     return event_id or f"pos:{source.topic}/{source.partition}/{source.offset}"
+
+
+def outcome_identity(kind: str, document: dict) -> str:
+    """The dedup identity an outcome settles (see ``identity``)."""
+    if kind == "finding":
+        return document["event_id"]
+    return identity(document.get("event_id"), SourcePosition(**document["source"]))
 
 
 class DedupUnavailable(RuntimeError):

@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from streaming.broker import LOOPBACK, free_port
+from streaming.local.broker import LOOPBACK, free_port
 
 
 def self_signed_certificate(directory: Path, host: str = LOOPBACK) -> tuple[Path, Path]:

@@ -30,14 +30,14 @@ import pydicom
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 
-from integration_tests.scenarios.delivery import JOB_START_S
-from integration_tests.scenarios import bad_files
-from streaming.demo import phantoms
-from streaming.demo.reference_data import scanner_files
+from scenarios.delivery import JOB_START_S
+from scenarios import bad_files
+from streaming.local import phantoms
+from streaming.local.reference_data import scanner_files
 from streaming.kafka.admin import ensure_topics
 from streaming.kafka.config import KafkaConfig
-from streaming.modality import publish_events
-from streaming.outcomes import OutcomeLog
+from streaming.tools.modality import publish_events
+from streaming.kafka.outcomes import OutcomeLog
 
 SENDER = "PHI_CANARY"
 

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import enum
 
-from streaming import contracts
+from streaming.contracts import validation
 
 
 def _codes() -> dict[str, str]:
-    schema = contracts.schema(contracts.DEAD_LETTER)
+    schema = validation.schema(validation.DEAD_LETTER)
     return {code.upper(): code for code in schema["properties"]["reason"]["enum"]}
 
 

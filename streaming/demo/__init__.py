@@ -1,1 +1,0 @@
-"""Synthetic, known-truth studies for the offline demo, tests and benchmarks."""
