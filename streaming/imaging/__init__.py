@@ -1,7 +1,6 @@
-"""Reading medical images and turning them into model input.
+"""Reading medical images and turning them into model input, shared by the job and training.
 
-Shared by the streaming job and by training: ``decoding`` turns a file into
-display-ready pixels, ``preprocessing`` turns those pixels into what a given model
-expects. Keeping both here, in the package every worker installs, is what keeps
-training and serving from drifting apart.
+``decoding`` (with ``dicom``, ``raster``, ``limits``, ``frames``) turns a file into
+display-ready pixels; ``preprocessing`` turns pixels into what a model expects; ``access``
+decides where images may be read. Imports only contracts and runtime.
 """

@@ -24,7 +24,7 @@ import urllib.parse
 from typing import BinaryIO
 
 from streaming.imaging.types import ImageRejected
-from streaming.reasons import Reason
+from streaming.contracts.reasons import Reason
 
 logger = logging.getLogger(__name__)
 

@@ -6,7 +6,17 @@ import dataclasses
 
 import numpy as np
 
-from streaming.reasons import Reason
+from streaming.contracts.reasons import Reason
+
+# Content types of the images the product reads (image_event.v1.json's content_type).
+DICOM = "application/dicom"
+
+
+PNG = "image/png"
+
+
+JPEG = "image/jpeg"
+
 
 
 @dataclasses.dataclass(frozen=True)
