@@ -637,6 +637,56 @@ def test_compressed_frame_claiming_more_pixels_than_the_header_is_refused():
     assert rejection(bytes(bomb)).reason == Reason.UNDECODABLE_PIXEL_DATA
 
 
+@pytest.mark.parametrize("field, value, expected", [
+    ("components", 200, "declares 200 components"),
+    ("precision", 24, "declares 24-bit samples"),
+])
+def test_jpeg_frame_declaring_absurd_components_or_precision_is_refused(field, value, expected):
+    data = file_bytes("MR_small_jpeg_ls_lossless.dcm")
+    start_of_frame = data.index(b"\xff\xf7", first_fragment_offset(data))
+    bomb = bytearray(data)
+    bomb[start_of_frame + (9 if field == "components" else 4)] = value
+    refused = rejection(bytes(bomb))
+    assert refused.reason == Reason.UNDECODABLE_PIXEL_DATA and expected in refused.message
+
+
+@pytest.mark.parametrize("field, value, expected", [
+    ("components", 5000, "declares 5000 components"),
+    ("precision", 0x25, "declares 38-bit samples"),
+])
+def test_jpeg_2000_siz_declaring_absurd_components_or_precision_is_refused(field, value,
+                                                                          expected):
+    data = file_bytes("MR_small_jp2klossless.dcm")
+    siz = data.index(b"\xff\x4f\xff\x51")
+    bomb = bytearray(data)
+    if field == "components":
+        bomb[siz + 40:siz + 42] = value.to_bytes(2, "big")  # Csiz
+    else:
+        bomb[siz + 42] = value  # Ssiz of the first component
+    refused = rejection(bytes(bomb))
+    assert refused.reason == Reason.UNDECODABLE_PIXEL_DATA and expected in refused.message
+
+
+def jp2_wrapped(codestream: bytes, filler_bytes: int) -> bytes:
+    """A JP2 file around ``codestream``, with an XML box that pushes the codestream far in."""
+    def box(kind: bytes, body: bytes) -> bytes:
+        return (8 + len(body)).to_bytes(4, "big") + kind + body
+    return (b"\x00\x00\x00\x0cjP  \r\n\x87\n" + box(b"ftyp", b"jp2 " + bytes(4) + b"jp2 ")
+            + box(b"xml ", b"<x>" + b" " * filler_bytes + b"</x>") + box(b"jp2c", codestream))
+
+
+def test_jpeg_2000_size_bomb_behind_large_jp2_boxes_is_refused():
+    from pydicom.encaps import encapsulate, generate_frames  # noqa: PLC0415
+    dataset = pydicom.dcmread(io.BytesIO(file_bytes("MR_small_jp2klossless.dcm")))
+    codestream = bytearray(next(generate_frames(dataset.PixelData, number_of_frames=1)))
+    codestream[8:16] = (60000).to_bytes(4, "big") * 2  # SIZ: Xsiz, Ysiz
+    dataset.PixelData = encapsulate([jp2_wrapped(bytes(codestream), 8192)])
+    buffer = io.BytesIO()
+    dataset.save_as(buffer, enforce_file_format=True)
+    refused = rejection(buffer.getvalue())
+    assert refused.reason == Reason.UNDECODABLE_PIXEL_DATA and "60000 x 60000" in refused.message
+
+
 @pytest.mark.parametrize("rows, columns, frames, limit", [
     (65535, 65535, 1, "max_frame_pixels"),
     (512, 512, 100_000, "max_frames"),

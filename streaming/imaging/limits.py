@@ -52,6 +52,7 @@ class _Geometry:
     columns: int
     frames: int
     photometric: str
+    samples: int = 1
 
 
 def check_deflated_size(data: bytes, max_bytes: int) -> None:
@@ -111,7 +112,7 @@ def checked_geometry(dataset: Dataset, limits: ImageLimits) -> _Geometry:
     if samples != (1 if photometric in GRAYSCALE + (PALETTE,) else 3):
         raise _bad_pixel_description("Samples per Pixel")
     _check_limits(rows, columns, frames, samples, limits)
-    return _Geometry(rows, columns, frames, photometric)
+    return _Geometry(rows, columns, frames, photometric, samples)
 
 
 def _check_limits(rows: int, columns: int, frames: int, samples: int,
@@ -165,29 +166,62 @@ def _bad_pixel_description(what: str) -> ImageRejected:
                          f"invalid {what}; the pixel data cannot be interpreted")
 
 
-def check_compressed_frame(dataset: Dataset, syntax: dicom_uid.UID, geometry: _Geometry,
-                            index: int) -> None:
-    """Refuse a compressed frame whose own header claims more pixels than the DICOM header.
+# What a DICOM frame's codestream may declare: no decoder we ship needs more, and a
+# codestream declaring thousands of components or 38-bit samples is a bomb, not an image.
+MAX_CODESTREAM_COMPONENTS = 4
+MAX_CODESTREAM_PRECISION = 16
 
-    Decoders allocate by the codestream's size, not by Rows x Columns, so an
-    innocent-looking header could otherwise carry a decompression bomb.
+
+@dataclasses.dataclass(frozen=True)
+class _CodestreamHeader:
+    rows: int
+    columns: int
+    components: int
+    precision: int  # bits per sample (the largest over the components)
+
+
+def check_compressed_frame(dataset: Dataset, syntax: dicom_uid.UID, geometry: _Geometry,
+                           index: int) -> None:
+    """Refuse a compressed frame whose own header claims more than the DICOM header.
+
+    Decoders allocate by the codestream's size, component count and precision, not by
+    Rows x Columns x Samples per Pixel, so an innocent-looking header could otherwise
+    carry a decompression bomb.
     """
     try:
-        frame = _frame_head(dataset.PixelData, index, geometry.frames)
+        header = _codestream_header(dataset.PixelData, index, geometry.frames)
     except Exception as error:
         raise undecodable(syntax, error) from None
-    size = _codestream_size(frame)
-    if size is not None and size[0] * size[1] > geometry.rows * geometry.columns:
+    if header is None:
+        return
+    if header.rows * header.columns > geometry.rows * geometry.columns:
         raise ImageRejected(Reason.UNDECODABLE_PIXEL_DATA,
-                            f"the compressed frame claims {size[0]} x {size[1]} pixels "
-                            f"but the header says {geometry.rows} x {geometry.columns}; "
+                            f"the compressed frame claims {header.rows} x {header.columns} "
+                            f"pixels but the header says {geometry.rows} x {geometry.columns}; "
                             "refusing to decode it")
+    if not 1 <= header.components <= min(MAX_CODESTREAM_COMPONENTS, max(geometry.samples, 1)):
+        raise ImageRejected(Reason.UNDECODABLE_PIXEL_DATA,
+                            f"the compressed frame declares {header.components} components "
+                            f"but the header says {geometry.samples} samples per pixel; "
+                            "refusing to decode it")
+    if not 1 <= header.precision <= MAX_CODESTREAM_PRECISION:
+        raise ImageRejected(Reason.UNDECODABLE_PIXEL_DATA,
+                            f"the compressed frame declares {header.precision}-bit samples, "
+                            f"more than {MAX_CODESTREAM_PRECISION}; refusing to decode it")
 
 
 _ITEM_TAG = b"\xfe\xff\x00\xe0"
-
-
 _FRAME_HEAD_BYTES = 4096
+_JP2_SIGNATURE = b"\x00\x00\x00\x0cjP  \r\n\x87\n"
+
+
+def _codestream_header(pixel_data: bytes, index: int, frames: int) -> _CodestreamHeader | None:
+    head = _frame_head(pixel_data, index, frames)
+    if head.startswith(_JP2_SIGNATURE):
+        # A JP2 file, not a bare codestream: its header boxes (colour, ICC, XML) may push
+        # the codestream and its SIZ marker far past the first few KiB.
+        head = _jp2_codestream(get_frame(pixel_data, index, number_of_frames=frames))
+    return _parse_codestream_header(head)
 
 
 def _frame_head(pixel_data: bytes, index: int, frames: int) -> bytes:
@@ -201,30 +235,57 @@ def _frame_head(pixel_data: bytes, index: int, frames: int) -> bytes:
     return get_frame(pixel_data, index, number_of_frames=frames)[:_FRAME_HEAD_BYTES]
 
 
-def _codestream_size(frame: bytes) -> tuple[int, int] | None:
-    """(rows, columns) from a JPEG / JPEG-LS frame header or a JPEG 2000 SIZ marker."""
+def _jp2_codestream(frame: bytes) -> bytes:
+    """The head of the contiguous codestream box ('jp2c') of a JP2 file (ISO 15444-1 I.4)."""
+    position = 0
+    while position + 8 <= len(frame):
+        length = int.from_bytes(frame[position:position + 4], "big")
+        box_type = frame[position + 4:position + 8]
+        header = 8
+        if length == 1:  # the length follows as 64 bits
+            length = int.from_bytes(frame[position + 8:position + 16], "big")
+            header = 16
+        elif length == 0:  # the last box runs to the end
+            length = len(frame) - position
+        if box_type == b"jp2c":
+            start = position + header
+            return frame[start:start + _FRAME_HEAD_BYTES]
+        if length < header:
+            raise ValueError("a JP2 box shorter than its own header")
+        position += length
+    raise ValueError("a JP2 file without a codestream box")
+
+
+def _parse_codestream_header(frame: bytes) -> _CodestreamHeader | None:
+    """Size, components and precision from a JPEG / JPEG-LS frame header or a JPEG 2000 SIZ."""
     if frame.startswith(b"\xff\xd8"):
-        return _jpeg_size(frame)
+        return _jpeg_header(frame)
     siz = frame.find(b"\xff\x4f\xff\x51")  # SOC then SIZ
-    if siz >= 0 and len(frame) >= siz + 24:
-        width, height, x_offset, y_offset = np.frombuffer(frame, ">u4", 4, siz + 8)
-        return int(height) - int(y_offset), int(width) - int(x_offset)
-    return None
+    if siz < 0 or len(frame) < siz + 42:
+        return None
+    width, height, x_offset, y_offset = np.frombuffer(frame, ">u4", 4, siz + 8)
+    components = int.from_bytes(frame[siz + 40:siz + 42], "big")
+    # Ssiz per component: bit depth - 1 in the low 7 bits (the high bit means signed).
+    depths = frame[siz + 42:siz + 42 + 3 * min(components, MAX_CODESTREAM_COMPONENTS):3]
+    precision = max(((depth & 0x7F) + 1 for depth in depths), default=0)
+    return _CodestreamHeader(int(height) - int(y_offset), int(width) - int(x_offset),
+                             components, precision)
 
 
-def _jpeg_size(frame: bytes) -> tuple[int, int] | None:
+def _jpeg_header(frame: bytes) -> _CodestreamHeader | None:
     # Start-of-frame markers: the JPEG processes (C0-CF less DHT, JPG, DAC) and JPEG-LS (F7).
     start_of_frame = set(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC} | {0xF7}
     position = 2
-    while position + 9 <= len(frame) and frame[position] == 0xFF:
+    while position + 10 <= len(frame) and frame[position] == 0xFF:
         marker = frame[position + 1]
         if marker == 0xFF:  # fill byte
             position += 1
             continue
         if marker in start_of_frame:
+            precision = frame[position + 4]
             height = int.from_bytes(frame[position + 5:position + 7], "big")
             width = int.from_bytes(frame[position + 7:position + 9], "big")
-            return height, width
+            return _CodestreamHeader(height, width, frame[position + 9], precision)
         if marker == 0xDA:  # start of scan: no frame header before it
             return None
         position += 2 + int.from_bytes(frame[position + 2:position + 4], "big")
