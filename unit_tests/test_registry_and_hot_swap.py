@@ -13,7 +13,8 @@ from streaming.modeling.loading import ModelRefused
 from streaming.modeling.registry import (LAST_KNOWN_GOOD, REJECTED, TF_SERVING_CONFIG,
                                          ModelRegistry, RegistryError)
 from streaming.modeling.scoring import ImageToScore, Scoring
-from streaming.modeling.serving import load_for_serving, serve
+from streaming.modeling.serving import (load_for_serving, running_watchers, serve,
+                                        take_model_events)
 from unit_tests.conftest import MODEL_NAME, build_small_model, register
 
 
@@ -171,3 +172,113 @@ def test_a_decision_is_recorded_only_against_the_production_it_was_judged_agains
     record_decision(registry.root, GateDecision(MODEL_NAME, "3", True, "better", {"auc": 0.9},
                                                 production_version="2"))
     assert registry.production(MODEL_NAME) == "3"
+
+
+# -- the watcher never dies, retries what may be transient, and counts once per process ----
+
+def write_text(registry: ModelRegistry, relative: str, text: str) -> None:
+    with open(f"{registry.root}/{MODEL_NAME}/{relative}", "w") as handle:
+        handle.write(text)
+
+
+def wait_until(condition, timeout_s: float = 30.0) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return condition()
+
+
+@pytest.fixture
+def fresh_events():
+    take_model_events()  # what earlier tests left in this process's tally
+    yield
+
+
+@pytest.mark.parametrize("breakage", [
+    ("production.json", '{"reason": "a pointer without a version"}'),  # KeyError
+    ("production.json", "{not json"),                                  # ValueError
+    ("2/metadata.json", '{"schema_version": 99}'),                     # metadata from the future
+])
+def test_the_watcher_survives_a_broken_registry_and_swaps_once_it_is_mended(registry,
+                                                                           fresh_events,
+                                                                           breakage):
+    server = serve(registry.root, MODEL_NAME, poll_s=0.02)
+    try:
+        if breakage[0].startswith("2/"):
+            registry.promote(MODEL_NAME, "2", reason="gate passed")
+        write_text(registry, *breakage)
+        watcher = server.watcher
+        assert wait_until(lambda: watcher.errors >= 2 or "2" in watcher.refused)
+        assert watcher.alive and running_watchers() >= 1
+        write_text(registry, "production.json", json.dumps({"version": "3", "reason": "mended"}))
+        assert wait_until(lambda: server.offered_version() == "3")
+        assert server.score([image()])[0].model_version == "3"
+    finally:
+        server.watcher.stop()
+    events = take_model_events()
+    assert events.get("watch_error", 0) + events.get("refused", 0) >= 1
+    assert events["swapped"] == 1
+
+
+def test_a_version_that_failed_for_a_transient_reason_is_tried_again(registry, fresh_events,
+                                                                     tmp_path):
+    server = serve(registry.root, MODEL_NAME, poll_s=3600)
+    watcher = server.watcher
+    watcher._refusal_retry_s = 0.05  # noqa: SLF001 - a short backoff, as a test can wait
+    metadata_path = f"{registry.root}/{MODEL_NAME}/2/metadata.json"
+    saved = tmp_path / "metadata.json"
+    saved.write_bytes(open(metadata_path, "rb").read())
+    registry.promote(MODEL_NAME, "2", reason="gate passed")
+    write_text(registry, "2/metadata.json", "")  # a read that failed half-way (empty object)
+    watcher.check()
+    assert "2" in server.refused and server.score([image()])[0].model_version == "1"
+    with open(metadata_path, "wb") as handle:
+        handle.write(saved.read_bytes())  # the store recovers; the pointer never moved
+    time.sleep(0.1)
+    watcher.check()
+    assert server.score([image()])[0].model_version == "2"
+    assert "2" not in server.refused
+    assert take_model_events() == {"refused": 1, "swapped": 1}
+
+
+def test_a_stopped_watcher_is_visible_as_a_gauge_and_in_the_log(registry, caplog,
+                                                                 monkeypatch):
+    from prometheus_client import REGISTRY  # noqa: PLC0415
+
+    server = serve(registry.root, MODEL_NAME, poll_s=0.02)
+    watcher = server.watcher
+
+    def interrupted():
+        raise SystemExit("the interpreter is going away")  # what `except Exception` misses
+
+    monkeypatch.setattr(watcher, "check", interrupted)
+    assert wait_until(lambda: not watcher.alive)
+    assert any("model watcher stopped" in record.getMessage() for record in caplog.records)
+    assert wait_until(lambda: REGISTRY.get_sample_value("medimg_model_watchers_running")
+                      == running_watchers())
+    assert not watcher.alive
+
+
+def test_one_watcher_per_process_loads_marks_and_counts_each_swap_once(registry, fresh_events,
+                                                                       monkeypatch):
+    from streaming.modeling import serving  # noqa: PLC0415
+
+    first = serve(registry.root, MODEL_NAME, poll_s=3600)
+    second = serve(registry.root, MODEL_NAME, poll_s=3600)  # another RunInference instance
+    assert first.watcher is second.watcher
+    loads, marks = [], []
+    real_load, real_mark = serving.load_model, serving.mark_last_known_good
+    monkeypatch.setattr(serving, "load_model",
+                        lambda *args: loads.append(args[2]) or real_load(*args))
+    monkeypatch.setattr(serving, "mark_last_known_good",
+                        lambda reg, loaded: marks.append(loaded.metadata.version)
+                        or real_mark(reg, loaded))
+    registry.promote(MODEL_NAME, "2", reason="gate passed")
+    first.watcher.check()
+    # Recorded once, by the watcher, before any batch (outside every scoring lock).
+    assert registry.pointer(MODEL_NAME, LAST_KNOWN_GOOD) == "2"
+    assert {first.score([image()])[0].model_version,
+            second.score([image()])[0].model_version} == {"2"}
+    assert loads == ["2"] and marks == ["2"]
+    assert take_model_events() == {"swapped": 1}
+    first.watcher.stop()

@@ -20,7 +20,7 @@ from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
 from streaming.runtime import metrics
 from streaming.modeling.scoring import ImageToScore, ModelServer, Scoring
-from streaming.modeling.serving import DEFAULT_POLL_S, serve
+from streaming.modeling.serving import DEFAULT_POLL_S, running_watchers, serve, take_model_events
 
 
 class KerasModelHandler(ModelHandler[ImageToScore, Scoring, ModelServer]):
@@ -36,7 +36,6 @@ class KerasModelHandler(ModelHandler[ImageToScore, Scoring, ModelServer]):
         self._model_name = model_name
         self._model_version = model_version
         self._poll_s = poll_s
-        self._seen = (0, 0)
 
     def load_model(self) -> ModelServer:
         return serve(self._registry_root, self._model_name, self._model_version,
@@ -48,16 +47,17 @@ class KerasModelHandler(ModelHandler[ImageToScore, Scoring, ModelServer]):
         scorings = model.score(list(batch))
         for scoring in scorings:
             metrics.count("inference", scoring.status)
-        self._count_model_changes(model.counts())
+        self._report_model_events()
         return [PredictionResult(item.context, scoring, scoring.model_id)
                 for item, scoring in zip(batch, scorings)]
 
-    def _count_model_changes(self, counts: tuple[int, int]) -> None:
-        swaps, refusals = counts
-        last_swaps, last_refusals = self._seen
-        metrics.count("model", "swapped", swaps - last_swaps)
-        metrics.count("model", "refused", refusals - last_refusals)
-        self._seen = (swaps, refusals)
+    @staticmethod
+    def _report_model_events() -> None:
+        """The process's model events (counted once per process by its watcher) as Beam
+        metrics, which are recorded only from inside a bundle."""
+        for event, amount in take_model_events().items():
+            metrics.count("model", event, amount, prometheus=False)
+        metrics.set_gauge("model_watchers_running", running_watchers())
 
     def get_num_bytes(self, batch: Sequence[ImageToScore]) -> int:
         return sum(item.image.pixels.nbytes for item in batch)

@@ -69,7 +69,6 @@ class ModelServer:
         self._offered: LoadedModel | None = None
         self.swaps = 0
         self.refused: dict[str, str] = {}  # version -> why it may not serve
-        self.on_swap = None  # called with the new LoadedModel after each swap
         self.watcher = None  # the ProductionWatcher feeding offers, if any
 
     @property
@@ -100,8 +99,6 @@ class ModelServer:
                                                       "to": offered.metadata.model_id})
         self.loaded = offered
         self.swaps += 1
-        if self.on_swap:
-            self.on_swap(offered)
 
     def score(self, batch: Sequence[ImageToScore]) -> list[Scoring]:
         with self._lock:

@@ -1,7 +1,9 @@
-"""The job's counters: Beam metrics (Dataflow's UI) and Prometheus (``--metrics_port``).
+"""The job's counters and gauges: Beam metrics (Dataflow's UI) and Prometheus
+(``--metrics_port``, bound to ``--metrics_host``, loopback unless an operator opens it).
 
-Every count goes through ``count`` so both views agree. Label values are codes
-(status, reason, kind), never identifiers or anything read from an image.
+Every count goes through ``count`` and every gauge through ``set_gauge`` so both views
+agree. Label values are codes (status, reason, kind), never identifiers or anything
+read from an image.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ import logging
 import threading
 
 from apache_beam.metrics import Metrics
-from prometheus_client import Counter, start_http_server
+from prometheus_client import Counter, Gauge, start_http_server
 
 LOG = logging.getLogger(__name__)
 
@@ -23,12 +25,20 @@ COUNTERS = {
     "published": ("Records acknowledged by the broker, by kind", "kind"),
     "publish_retries": ("Records re-sent after a retriable publishing error", None),
     "inference": ("Images scored, by outcome", "status"),
-    "model": ("Model changes (swaps, refused versions)", "event"),
+    "model": ("Model changes (swapped, refused versions, watch_error while polling)", "event"),
     "dedup": ("Duplicate suppression (skipped, unavailable, taken_over, settled, released)",
               "result"),
 }
 
+# name -> help (gauges carry no labels)
+GAUGES = {
+    "model_watchers_running": "Production-pointer watcher threads alive in this process "
+                              "(0 while a model is unpinned means no more hot swaps)",
+}
+DEFAULT_HOST = "127.0.0.1"
+
 _PROMETHEUS: dict[str, Counter] = {}
+_GAUGES: dict[str, Gauge] = {}
 _LOCK = threading.Lock()
 _SERVER_PORT: int | None = None
 
@@ -41,21 +51,38 @@ def _prometheus(name: str) -> Counter:
         return _PROMETHEUS[name]
 
 
-def count(name: str, label: str | None = None, amount: int = 1) -> None:
-    """Add ``amount`` to counter ``name`` (one of COUNTERS), split by ``label`` if it has one."""
+def count(name: str, label: str | None = None, amount: int = 1, *, beam: bool = True,
+          prometheus: bool = True) -> None:
+    """Add ``amount`` to counter ``name`` (one of COUNTERS), split by ``label`` if it has one.
+
+    ``beam=False`` / ``prometheus=False`` leave one view out, for counts made outside a
+    bundle (where Beam records nothing) and reported to Beam later from inside one.
+    """
     if amount <= 0:
         return
-    Metrics.counter(f"medimg.{name}", label or "total").inc(amount)
-    counter = _prometheus(name)
-    (counter.labels(label) if COUNTERS[name][1] else counter).inc(amount)
+    if beam:
+        Metrics.counter(f"medimg.{name}", label or "total").inc(amount)
+    if prometheus:
+        counter = _prometheus(name)
+        (counter.labels(label) if COUNTERS[name][1] else counter).inc(amount)
 
 
-def serve(port: int) -> None:
-    """Expose /metrics on ``port`` (all interfaces a scraper may use; no data but counts)."""
+def set_gauge(name: str, value: float) -> None:
+    """Set gauge ``name`` (one of GAUGES) in both views."""
+    Metrics.gauge("medimg", name).set(int(value))
+    with _LOCK:
+        if name not in _GAUGES:
+            _GAUGES[name] = Gauge(f"medimg_{name}", GAUGES[name])
+        gauge = _GAUGES[name]
+    gauge.set(value)
+
+
+def serve(port: int, host: str = DEFAULT_HOST) -> None:
+    """Expose /metrics on ``host:port`` (loopback by default; no data but counts)."""
     global _SERVER_PORT
     with _LOCK:
         if _SERVER_PORT is not None:
             return
-        start_http_server(port)
+        start_http_server(port, addr=host)
         _SERVER_PORT = port
-    LOG.info("metrics endpoint", extra={"port": port, "path": "/metrics"})
+    LOG.info("metrics endpoint", extra={"host": host, "port": port, "path": "/metrics"})
