@@ -57,6 +57,8 @@ EXTRAS = {
         "pydicom-data>=1.0.0",
         # Package import rules (.importlinter) and the import graph the cycle test reads.
         "import-linter>=2.17,<3",
+        # Which address a test's server really listens on.
+        "psutil>=7",
         "jax>=0.10.2,<0.11",
         "jaxlib>=0.10.2,<0.11",
     ],

@@ -379,10 +379,11 @@ def path_traversal(draw, shop: Workshop) -> bytes:
 
 @st.composite
 def symlink_escape(draw, shop: Workshop) -> bytes:
-    """A link inside the root whose target lies outside it (or in a system tree)."""
+    """A link inside the root: its target outside it, in a system tree, or nowhere (dangling,
+    looping). No symlink below a root is followed, whatever it points at."""
     link = shop.new_path("link")
     target_kind = draw(st.sampled_from(["outside_file", "relative", "system", "chain",
-                                        "folder"]))
+                                        "folder", "loop", "dangling"]))
     if target_kind == "outside_file":
         link.symlink_to(shop.outside / "private.dcm")
     elif target_kind == "relative":
@@ -394,8 +395,10 @@ def symlink_escape(draw, shop: Workshop) -> bytes:
         middle = shop.new_path("link-middle")
         middle.symlink_to(shop.outside / "private.dcm")
         link.symlink_to(middle)
-    else:
+    elif target_kind == "folder":
         link = shop.special_files["linked_folder"] / "private.dcm"
+    else:
+        link = shop.special_files[target_kind]
     return encode(draw(event_documents(draw(_as_path_or_uri(link)))))
 
 
@@ -445,9 +448,8 @@ def disallowed_scheme(draw, shop: Workshop) -> bytes:
 
 @st.composite
 def missing_or_special_file(draw, shop: Workshop) -> bytes:
-    """Inside the root, but not a readable regular file: absent, a folder, a FIFO, a loop."""
-    kind = draw(st.sampled_from(["absent", "absent_folder", "long_name", "fifo", "folder",
-                                 "loop", "dangling"]))
+    """Inside the root, but not a readable regular file: absent, a folder, a FIFO."""
+    kind = draw(st.sampled_from(["absent", "absent_folder", "long_name", "fifo", "folder"]))
     if kind == "absent":
         path = shop.root / "files" / f"not-yet-{draw(st.uuids())}.dcm"
     elif kind == "absent_folder":

@@ -33,8 +33,16 @@ def test_stream_without_a_registry_says_how_to_get_one(capsys):
 
 
 def test_stream_with_an_empty_registry_says_how_to_train(capsys, tmp_path):
-    message = error_of(capsys, "stream", "--model_registry", str(tmp_path))
+    message = error_of(capsys, "stream", "--model_registry", str(tmp_path),
+                       "--allowed_roots", str(tmp_path))
     assert "no production version" in message and "medimg train" in message
+
+
+def test_stream_needs_explicit_allowed_roots(capsys, small_registry):
+    """No implicit default: the temporary folder is writable by every local user."""
+    message = error_of(capsys, "stream", "--model_registry", small_registry.root,
+                       "--model_name", MODEL_NAME)
+    assert "--allowed_roots is required" in message and "/mnt/pacs-export" in message
 
 
 def test_stream_batch_bounds_are_checked(capsys, small_registry):
@@ -53,7 +61,7 @@ def test_stream_security_settings_are_checked(capsys, small_registry):
 def test_stream_without_a_broker_names_the_address(capsys, small_registry):
     message = error_of(capsys, "stream", "--model_registry", small_registry.root,
                        "--model_name", MODEL_NAME, "--bootstrap_servers", "127.0.0.1:9",
-                       "--startup_timeout_s", "1")
+                       "--startup_timeout_s", "1", "--allowed_roots", small_registry.root)
     assert "127.0.0.1:9" in message and "medimg broker" in message
 
 

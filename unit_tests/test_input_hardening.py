@@ -34,7 +34,8 @@ def test_a_tombstone_is_an_invalid_json_dead_letter_not_a_crash(tmp_path):
     with pytest.raises(EventRejected) as rejected:
         parse_event(None)
     assert rejected.value.reason == Reason.INVALID_JSON
-    settings = job_settings(PipelineOptions(["--model_registry", str(tmp_path)]))
+    settings = job_settings(PipelineOptions(["--model_registry", str(tmp_path),
+                                             "--allowed_roots", str(tmp_path)]))
     record = KafkaRecord(SourcePosition("image-events", 0, 5), b"key", None, 0, 0.0)
     (output,) = list(pipeline.ParseEvents(settings).process(record))
     document = json.loads(output.value.value)

@@ -185,3 +185,14 @@ def test_records_polled_past_a_checkpoint_are_read_by_the_remainder():
     assert read(_CheckpointingTracker(0, claims=2)) == [0, 1]
     # The remainder starts at 2: records 2-4 were polled already and must not be lost.
     assert read(_CheckpointingTracker(2, claims=100)) == [2, 3, 4]
+
+
+@pytest.mark.parametrize("brokers, replicas, min_insync", [
+    (1, 1, 1), (2, 2, 1), (3, 3, 2), (5, 3, 2)])
+def test_created_topics_survive_a_broker_loss_where_the_cluster_allows(brokers, replicas,
+                                                                      min_insync):
+    from streaming.kafka.admin import new_topics  # noqa: PLC0415
+    topics = new_topics({"findings": 6, "dead-letters": 3}, brokers)
+    assert [(t.name, t.num_partitions) for t in topics] == [("findings", 6), ("dead-letters", 3)]
+    assert {t.replication_factor for t in topics} == {replicas}
+    assert {t.topic_configs["min.insync.replicas"] for t in topics} == {str(min_insync)}

@@ -17,8 +17,8 @@ PORTABLE = {
 
 
 def graph(tmp_path):
-    options = PipelineOptions(["--model_registry", str(tmp_path), "--bootstrap_servers",
-                               "broker:9092"])
+    options = PipelineOptions(["--model_registry", str(tmp_path), "--allowed_roots", str(tmp_path),
+                               "--bootstrap_servers", "broker:9092"])
     pipeline = beam.Pipeline(options=options)
     build_pipeline(pipeline, job_settings(options))
     return pipeline.to_runner_api()

@@ -43,7 +43,9 @@ from streaming.runtime.secrets import read_secret
 
 LOG = logging.getLogger(__name__)
 
-DEFAULT_TTL_S = 7 * 24 * 3600
+# Longer than Kafka's default 7-day retention: an event still in the topic (and so still
+# replayable) is always still remembered.
+DEFAULT_TTL_S = 8 * 24 * 3600
 DEFAULT_TAKEOVER_S = 60.0
 PENDING, DONE = "pending", "done"
 

@@ -7,9 +7,11 @@ with ``uri_not_allowed``, ``unreadable_uri`` or ``file_too_large``.
 
 Events come from outside the job, so a URI is untrusted: it may point at
 ``/proc/self/environ``, at a FIFO that would block the worker forever, or through
-a symlink out of the image store. Local files are opened first and checked
-afterwards through the open descriptor, so a path swapped between the check
-and the read (TOCTOU) cannot redirect the read.
+a symlink out of the image store. A local file is reached by walking its path from
+the allowed root's own descriptor, one component at a time with ``O_NOFOLLOW``
+(``openat``): no step follows a symlink, so there is no window between a check and
+the open in which a swapped path could redirect the read. Symlinks below a root are
+refused; the configured root itself may be one (the operator chose it).
 """
 
 from __future__ import annotations
@@ -19,7 +21,6 @@ import errno
 import logging
 import os
 import stat
-import tempfile
 import urllib.parse
 from typing import BinaryIO
 
@@ -32,7 +33,9 @@ LOCAL_SCHEME = "file"
 # Kernel and device trees are never image stores, whatever a root says.
 _SYSTEM_TREES = ("/proc", "/dev", "/sys")
 _LOCAL_HOSTS = ("", "localhost")
-_OPEN_FLAGS = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | getattr(os, "O_NOCTTY", 0)
+_OPEN_FLAGS = (os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOFOLLOW
+               | getattr(os, "O_NOCTTY", 0))
+_DIRECTORY_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC | os.O_NOFOLLOW
 _READ_CHUNK = 1 << 20
 
 
@@ -43,18 +46,16 @@ class AccessPolicy:
     ``allowed_roots`` holds local folders (``/data/dicom``) and remote prefixes
     (``gs://bucket/dicom/``); a remote root allows its scheme by itself.
     ``allowed_schemes`` lists further schemes; ``file`` admits local paths.
+    ``refuse_hard_links`` refuses files with more than one link (off by default:
+    PACS exports use hard links legitimately).
     """
     allowed_roots: tuple[str, ...]
     allowed_schemes: tuple[str, ...] = (LOCAL_SCHEME,)
-
-    @classmethod
-    def default(cls) -> "AccessPolicy":
-        """The working directory and the temporary folder, local files only."""
-        return cls(allowed_roots=(os.getcwd(), tempfile.gettempdir()))
+    refuse_hard_links: bool = False
 
     def local_roots(self) -> tuple[str, ...]:
-        """Local roots with symlinks resolved, as paths are compared after resolving."""
-        return tuple(os.path.realpath(root) for root in self.allowed_roots
+        """Local roots as configured, normalized (symlinks in them are the operator's)."""
+        return tuple(os.path.normpath(root) for root in self.allowed_roots
                      if _scheme(root) is None)
 
     def remote_roots(self) -> tuple[str, ...]:
@@ -112,35 +113,34 @@ def _under(path: str, root: str) -> bool:
     return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
 
 
-def _check_local_location(resolved: str, policy: AccessPolicy) -> None:
-    if any(_under(resolved, tree) for tree in _SYSTEM_TREES):
+def _root_of(path: str, policy: AccessPolicy) -> tuple[str, list[str]]:
+    """The allowed root ``path`` lies in, and the components below it (lexically)."""
+    if any(_under(path, tree) for tree in _SYSTEM_TREES):
         raise _refuse("system folders (/proc, /dev, /sys) are never read")
-    if not any(_under(resolved, root) for root in policy.local_roots()):
-        raise _refuse("the file is outside the allowed roots "
-                      f"({_describe_roots(policy.local_roots())}; symlinks are followed); "
-                      "add its folder to --allowed_roots")
+    for root in sorted(policy.local_roots(), key=len, reverse=True):
+        if _under(path, root):
+            return root, [] if path == root else os.path.relpath(path, root).split(os.sep)
+    raise _refuse("the file is outside the allowed roots "
+                  f"({_describe_roots(policy.local_roots())}); add its folder to "
+                  "--allowed_roots")
 
 
 def _read_local(path: str, policy: AccessPolicy, max_bytes: int) -> bytes:
     if LOCAL_SCHEME not in policy.schemes():
         raise _refuse("the access policy allows no local files ('file' is not among "
                       "its allowed schemes)")
-    # Checked before opening so nothing outside the roots is ever touched
-    # (opening a device or a FIFO can have effects of its own) ...
-    _check_local_location(os.path.realpath(path), policy)
+    # Lexical: '..' is resolved here, and the walk below never follows a symlink, so the
+    # name cannot lead anywhere the lexical path does not.
+    root, components = _root_of(os.path.normpath(path), policy)
+    fd = _open_below(root, components)
     try:
-        fd = os.open(path, _OPEN_FLAGS)
-    except OSError as error:
-        raise ImageRejected(Reason.UNREADABLE_URI, f"the local file cannot be opened "
-                            f"({_os_error_name(error)}); check that it exists and is "
-                            "readable by the job") from None
-    try:
-        # ... and again on what was actually opened, in case the path changed since.
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
             raise ImageRejected(Reason.UNREADABLE_URI,
                                 "the local path is not a regular file")
-        _check_local_location(_opened_path(fd, path, info), policy)
+        if policy.refuse_hard_links and info.st_nlink > 1:
+            raise _refuse(f"the file has {info.st_nlink} hard links and hard-linked files "
+                          "are refused (--refuse_hard_links)")
         _check_size(info.st_size, max_bytes)
         with os.fdopen(fd, "rb", closefd=False) as stream:
             return _read_capped(stream, info.st_size, max_bytes)
@@ -151,17 +151,44 @@ def _read_local(path: str, policy: AccessPolicy, max_bytes: int) -> bytes:
         os.close(fd)
 
 
-def _opened_path(fd: int, path: str, info: os.stat_result) -> str:
-    """The real path of an open descriptor (Linux /proc), or the path if it is the same file."""
-    proc_link = f"/proc/self/fd/{fd}"
-    if os.path.exists(proc_link):
-        return os.path.realpath(proc_link)
-    # Without /proc (macOS), accept the resolved path only if it is the opened inode.
-    resolved = os.path.realpath(path)
-    current = os.stat(resolved)
-    if (current.st_dev, current.st_ino) != (info.st_dev, info.st_ino):
-        raise ImageRejected(Reason.UNREADABLE_URI, "the file changed while it was opened")
-    return resolved
+def _open_below(root: str, components: list[str]) -> int:
+    """Open ``root``/``components`` without following a symlink at any step below root."""
+    try:
+        directory = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as error:
+        raise ImageRejected(Reason.UNREADABLE_URI, f"the allowed root cannot be opened "
+                            f"({_os_error_name(error)}); check --allowed_roots") from None
+    try:
+        for position, name in enumerate(components):
+            last = position == len(components) - 1
+            try:
+                opened = os.open(name, _OPEN_FLAGS if last else _DIRECTORY_FLAGS,
+                                 dir_fd=directory)
+            except OSError as error:
+                raise _walk_error(error, directory, name) from None
+            os.close(directory)
+            directory = opened
+        opened, directory = directory, -1
+        return opened
+    finally:
+        if directory >= 0:
+            os.close(directory)
+
+
+def _walk_error(error: OSError, directory: int, name: str) -> ImageRejected:
+    if error.errno in (errno.ELOOP, errno.ENOTDIR) and _is_symlink(directory, name):
+        return _refuse("the path goes through a symlink; symlinks below an allowed root "
+                       "are not followed: publish the file's real path")
+    return ImageRejected(Reason.UNREADABLE_URI, f"the local file cannot be opened "
+                         f"({_os_error_name(error)}); check that it exists and is readable "
+                         "by the job")
+
+
+def _is_symlink(directory: int, name: str) -> bool:
+    try:
+        return stat.S_ISLNK(os.stat(name, dir_fd=directory, follow_symlinks=False).st_mode)
+    except OSError:
+        return False
 
 
 def _os_error_name(error: OSError) -> str:

@@ -17,6 +17,7 @@ from streaming.contracts.events import DEFAULT_MAX_EVENT_BYTES
 from streaming.imaging.access import AccessPolicy
 from streaming.imaging.types import ImageLimits
 from streaming.kafka.config import KafkaConfig
+from streaming.runtime import metrics
 from streaming.kafka.sink import WriterSettings
 from streaming.kafka.source import ReaderSettings
 from streaming.modeling.serving import DEFAULT_POLL_S
@@ -95,7 +96,8 @@ class StreamingOptions(PipelineOptions):
         delivery.add_argument("--redis_ssl_cafile", default=None, help="CA bundle for rediss://")
         delivery.add_argument("--dedup_ttl_s", type=int, default=DEFAULT_TTL_S,
                               help="how long an event is remembered; keep it longer than the "
-                                   "events topic's retention (default: %(default)s, 7 days)")
+                                   "events topic's retention (default: %(default)s, 8 days, "
+                                   "for Kafka's default 7)")
         delivery.add_argument("--dedup_namespace", default=None,
                               help="key prefix in Redis (default: the consumer group)")
         delivery.add_argument("--dedup_takeover_s", type=float, default=DEFAULT_TAKEOVER_S,
@@ -106,11 +108,17 @@ class StreamingOptions(PipelineOptions):
         operations.add_argument("--metrics_port", type=int, default=None,
                                 help="serve Prometheus metrics on this port (local runner; "
                                      "on Dataflow the same counters are Beam metrics)")
+        operations.add_argument("--metrics_host", default=metrics.DEFAULT_HOST,
+                                help="address the metrics endpoint binds to (default: "
+                                     "%(default)s, loopback; 0.0.0.0 for a scraper elsewhere)")
 
         images = parser.add_argument_group("Images")
         images.add_argument("--allowed_roots", default=None,
                             help="comma-separated folders or URI prefixes images may be read "
-                                 "from (default: the working directory and the temp directory)")
+                                 "from (required: no folder is readable by default)")
+        images.add_argument("--refuse_hard_links", action="store_true",
+                            help="refuse image files with more than one hard link (off by "
+                                 "default: PACS exports use hard links legitimately)")
         images.add_argument("--max_event_bytes", type=int, default=DEFAULT_MAX_EVENT_BYTES,
                             help="larger events are dead-lettered (default: %(default)s)")
         images.add_argument("--max_file_bytes", type=int, default=ImageLimits.max_file_bytes,
@@ -150,6 +158,7 @@ class JobSettings:
     max_event_bytes: int
     dead_letter_payload_bytes: int
     metrics_port: int | None = None
+    metrics_host: str = metrics.DEFAULT_HOST
     dedup: RedisSettings | None = None
 
     @property
@@ -173,9 +182,14 @@ class OptionsError(ValueError):
 
 
 def allowed_roots(value: str | None) -> tuple[str, ...]:
-    if not value:
-        return AccessPolicy.default().allowed_roots
-    return tuple(root.strip() for root in value.split(",") if root.strip())
+    roots = tuple(root.strip() for root in (value or "").split(",") if root.strip())
+    if not roots:
+        # No implicit default: the temporary folder is writable by every local user, and
+        # the working directory is wherever the job happened to start.
+        raise OptionsError("--allowed_roots is required: the folders (or gs:// prefixes) "
+                           "image events may point into, e.g. --allowed_roots "
+                           "/mnt/pacs-export,gs://bucket/studies/")
+    return roots
 
 
 def bootstrap_servers(options: PipelineOptions) -> str:
@@ -225,8 +239,9 @@ def job_settings(options: PipelineOptions) -> JobSettings:
         min_batch_size=min_batch_size,
         max_batch_size=o.max_batch_size,
         share_model_across_processes=o.share_model_across_processes,
-        access=AccessPolicy(allowed_roots=allowed_roots(o.allowed_roots)),
+        access=AccessPolicy(allowed_roots=allowed_roots(o.allowed_roots),
+                            refuse_hard_links=o.refuse_hard_links),
         limits=ImageLimits(max_file_bytes=o.max_file_bytes, max_frame_pixels=o.max_frame_pixels,
                            max_frames=o.max_frames),
         max_event_bytes=o.max_event_bytes, dead_letter_payload_bytes=o.dead_letter_payload_bytes,
-        metrics_port=o.metrics_port, dedup=dedup)
+        metrics_port=o.metrics_port, metrics_host=o.metrics_host, dedup=dedup)

@@ -235,7 +235,7 @@ def run(argv: list[str] | None = None) -> None:
         settle_claims(settings)
     lifecycle.install_signal_handlers()
     if settings.metrics_port:
-        metrics.serve(settings.metrics_port)
+        metrics.serve(settings.metrics_port, settings.metrics_host)
     LOG.info("streaming job starting", extra={
         "runner": options.view_as(StandardOptions).runner, "events_topic": settings.events_topic,
         "findings_topic": settings.findings_topic, "model_name": settings.model_name,

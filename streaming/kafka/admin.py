@@ -35,19 +35,40 @@ def _admin(config: KafkaConfig, timeout_s: float) -> KafkaAdminClient:
             delay = min(delay * 2, 5.0)
 
 
+def replication_for(broker_count: int) -> tuple[int, int]:
+    """(replication factor, min.insync.replicas) for a topic the job creates.
+
+    Three copies where the cluster has three brokers, and acks=all waits for all but
+    one of them: one broker may fail without stopping producers, and a record the
+    broker acknowledged survives that failure (with one copy, it would not).
+    """
+    replicas = max(1, min(3, broker_count))
+    return replicas, max(1, min(2, replicas - 1))
+
+
+def new_topics(partitions_by_topic: dict[str, int], broker_count: int) -> list[NewTopic]:
+    replicas, min_insync = replication_for(broker_count)
+    return [NewTopic(name, partitions, replicas,
+                     topic_configs={"min.insync.replicas": str(min_insync)})
+            for name, partitions in partitions_by_topic.items()]
+
+
 def ensure_topics(config: KafkaConfig, partitions_by_topic: dict[str, int],
-                  replication_factor: int = 1, timeout_s: float = 60.0) -> None:
+                  timeout_s: float = 60.0) -> None:
     """Create the topics that do not exist yet; existing topics are left as they are."""
     admin = _admin(config, timeout_s)
     try:
         existing = set(admin.list_topics())
-        missing = [NewTopic(name, partitions, replication_factor)
-                   for name, partitions in partitions_by_topic.items() if name not in existing]
-        for topic in missing:
+        wanted = {name: partitions for name, partitions in partitions_by_topic.items()
+                  if name not in existing}
+        brokers = len(admin.describe_cluster()["brokers"]) if wanted else 0
+        for topic in new_topics(wanted, brokers):
             try:
                 admin.create_topics([topic])
-                LOG.info("created topic", extra={"topic": topic.name,
-                                                 "partitions": topic.num_partitions})
+                LOG.info("created topic", extra={
+                    "topic": topic.name, "partitions": topic.num_partitions,
+                    "replication_factor": topic.replication_factor,
+                    "min_insync_replicas": topic.topic_configs["min.insync.replicas"]})
             except TopicAlreadyExistsError:
                 pass  # another job or publisher created it meanwhile
     finally:
