@@ -168,11 +168,11 @@ class ProductionWatcher:
                         "model": self._name, "error": type(error).__name__,
                         "where": _where(error), "retry_in_s": round(delay, 1)})
         finally:
-            self.alive = False
-            metrics.set_gauge("model_watchers_running", running_watchers())
             if not self._stop.is_set():
                 LOG.error("model watcher stopped: no more hot swaps until the job restarts",
                           extra={"model": self._name})
+            self.alive = False
+            metrics.set_gauge("model_watchers_running", running_watchers())
 
     def check(self) -> None:
         """One look at the pointer: load, check and offer a new version if there is one.
