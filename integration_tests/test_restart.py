@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import signal
 import threading
+import time
+from pathlib import Path
 
 import pytest
 
@@ -60,29 +63,71 @@ def test_drained_restart_loses_nothing_and_repeats_nothing(kafka, topics, start_
     assert log.undecodable == 0
     for outcome in log.outcomes:
         schema = validation.FINDING if outcome.kind == "finding" else validation.DEAD_LETTER
-        assert validation.errors(schema, outcome.document) == []
+        assert validation.errors(schema, outcome.document, strict=True) == []
+
+
+def event_ids(events) -> list[str]:
+    return [event.event_id for event in events]
 
 
 def test_killed_job_loses_nothing_after_restart(kafka, topics, start_job, study_events):
-    events = announce_again(study_events, 4)
-    ensure_topics(kafka, {topics.events: 3})
+    warmup = announce_again(study_events[:4], 1)
+    stream = announce_again(study_events, 3)
+    burst = announce_again(study_events[:8], 1)
+    after_kill = announce_again(study_events[8:], 1)
+    # Created here, not by the job: the outcome log can open at once, however slow the
+    # job is to start on a busy machine.
+    ensure_topics(kafka, {topics.events: 3, topics.findings: 3, topics.dead_letters: 3})
     job = start_job()
+    streamed = []
     with OutcomeLog(kafka, topics.findings, topics.dead_letters) as log:
-        publisher = threading.Thread(target=publish_events, args=(kafka, topics.events, events),
-                                     kwargs={"rate_per_s": 25})
+        publish_events(kafka, topics.events, warmup)
+        assert log.wait_for(event_ids(warmup), JOB_START_S), job.log_tail()  # up and scoring
+        publisher = threading.Thread(target=publish_events, args=(
+            kafka, topics.events, stream), kwargs={"rate_per_s": 20, "on_sent": streamed.append})
         publisher.start()
-        assert log.wait_for_count(len(events) // 4, JOB_START_S), job.log_tail()
+        assert log.wait_for_count(len(warmup) + 8, 120), job.log_tail()
+        # Acknowledged by the broker an instant before the kill: the job cannot have
+        # finished them, so the kill lands with events in flight, whatever the timing.
+        publish_events(kafka, topics.events, burst)
         job.kill()  # SIGKILL mid-stream: nothing drained, offsets of in-flight events uncommitted
+        sent_at_kill = len(warmup) + len(streamed) + len(burst)
+        log.drain(quiet_s=1)  # every outcome the job published before it died
+        outcomes_at_kill = len(log.by_event)
+        assert outcomes_at_kill < sent_at_kill, "the kill did not land mid-stream"
         publisher.join()
+        publish_events(kafka, topics.events, after_kill)
 
         restarted = start_job()
-        assert log.wait_for([e.event_id for e in events], JOB_START_S), restarted.log_tail()
+        everything = warmup + stream + burst + after_kill
+        # Outcomes for events sent after the kill prove the restarted job is up before it
+        # is asked to stop.
+        assert log.wait_for(event_ids(everything), JOB_START_S), restarted.log_tail()
         log.drain(quiet_s=3)
-        assert restarted.stop() == 0
+        assert restarted.stop() == 0, restarted.log_tail()
 
     # At-least-once: a replayed event may be scored twice, but always identically.
     for event_id, count in log.duplicates().items():
         findings = [o.document for o in log.by_event[event_id]]
         assert len({f["finding_id"] for f in findings}) == 1
         assert len({tuple(sorted(f["scores"].items())) for f in findings}) == 1
-    assert {e.event_id for e in events} == set(log.by_event), "an outcome of no event"
+    assert set(event_ids(everything)) == set(log.by_event), "an outcome of no event"
+
+
+def sigterm_is_handled(pid: int) -> bool:
+    """Whether the process has installed a SIGTERM handler (Linux: SigCgt in /proc)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("SigCgt:"):
+            return bool(int(line.split()[1], 16) & (1 << (signal.SIGTERM - 1)))
+    return False
+
+
+def test_a_job_stopped_while_starting_exits_cleanly(start_job):
+    job = start_job()
+    deadline = time.monotonic() + 60
+    while not sigterm_is_handled(job.pid) and time.monotonic() < deadline:
+        assert job.running(), job.log_tail()
+        time.sleep(0.01)
+    assert sigterm_is_handled(job.pid), job.log_tail()
+    assert job.stop() == 0, job.log_tail()
+    assert "stop requested during start-up" in job.log_tail(200)

@@ -15,7 +15,7 @@ import pkgutil
 import sys
 
 from streaming.cli.common import EXIT_USAGE, CliError
-from streaming.runtime import logs
+from streaming.runtime import lifecycle, logs
 
 __all__ = ["EXIT_USAGE", "build_parser", "main"]
 _NOT_COMMANDS = {"common"}
@@ -46,8 +46,12 @@ def build_parser(stream_options: bool = True) -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    logs.configure()
     streaming_job = bool(argv) and argv[0] == _STREAM
+    if streaming_job:
+        # Before the seconds of imports: a stop that arrives while the job starts is a
+        # request to drain nothing, not a kill (exit 0, not -15).
+        lifecycle.install_signal_handlers()
+    logs.configure()
     parser = build_parser(stream_options=streaming_job)
     if streaming_job:
         # Beam reads its own options from the full list; argparse here only checks ours.

@@ -234,6 +234,9 @@ def run(argv: list[str] | None = None) -> None:
     if settings.dedup:
         settle_claims(settings)
     lifecycle.install_signal_handlers()
+    if lifecycle.drain_requested():
+        LOG.info("stop requested during start-up: nothing was read, nothing to drain")
+        return
     if settings.metrics_port:
         metrics.serve(settings.metrics_port, settings.metrics_host)
     LOG.info("streaming job starting", extra={
