@@ -126,7 +126,7 @@ def test_batch_inference_dag_writes_findings_in_the_schema(airflow_env, phantom_
     dead = [json.loads(line) for line in (run_dir / "dead_letters-00000-of-00001.jsonl").open()]
     assert len(findings) == len(cases) and [d["reason"] for d in dead] == ["not_an_image"]
     for finding in findings:
-        assert validation.errors(validation.FINDING, finding) == []
+        assert validation.errors(validation.FINDING, finding, strict=True) == []
         assert finding["model"] == {"name": DEMO_MODEL, "version": "1"}
     truth = {c.sop_instance_uid: c.expected_label for c in cases}
     for finding in findings:

@@ -117,7 +117,7 @@ def test_scanner_files_and_broken_events_each_get_exactly_one_outcome(
     assert len(log.outcomes) == len(broken) + len(wanted)
     for outcome in log.outcomes:
         schema = validation.FINDING if outcome.kind == "finding" else validation.DEAD_LETTER
-        assert validation.errors(schema, outcome.document) == [], outcome.document
+        assert validation.errors(schema, outcome.document, strict=True) == [], outcome.document
 
     # Broken events: each dead-lettered with its reason.
     broken_reasons = sorted(o.document["reason"] for o in log.outcomes

@@ -255,7 +255,7 @@ def _match(positions: dict, topic: str, log: OutcomeLog) -> _Matched:
     for outcome in log.outcomes:
         schema = validation.FINDING if outcome.kind == "finding" else validation.DEAD_LETTER
         matched.invalid += [f"{outcome.kind}: {e}"
-                            for e in validation.errors(schema, outcome.document)]
+                            for e in validation.errors(schema, outcome.document, strict=True)]
         position = _source_position(outcome, topic, good_position)
         if position not in positions:
             matched.unexpected += 1

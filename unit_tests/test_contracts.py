@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import json
 import uuid
+from pathlib import Path
 
+import jsonschema
 import pytest
+import referencing
 
 from streaming.contracts import validation
 from streaming.contracts.dead_letters import Rejection, Stage, build_dead_letter, payload_excerpt
@@ -128,7 +131,7 @@ def scored(positive_score: float, threshold=0.5, urgent_threshold=0.9) -> Scorin
 def test_findings_are_valid_and_carry_no_patient_identity():
     event = an_event()
     document = build_finding(event, a_record(event.to_json()), scored(0.97))
-    assert validation.errors(validation.FINDING, document) == []
+    assert validation.errors(validation.FINDING, document, strict=True) == []
     assert not PHI_FIELDS & set(document)
     assert document["label"] == "pneumonia" and document["positive"] and document["urgent"]
     assert document["model"] == {"name": "pneumonia-cnn", "version": "3"}
@@ -149,7 +152,7 @@ def test_not_applicable_findings_have_no_scores():
     scoring = Scoring(Scoring.NOT_APPLICABLE, "pneumonia-cnn", "3", modality="CT",
                       not_applicable_reason="modality CT is not one of CR, DX")
     document = build_finding(event, a_record(b"{}"), scoring)
-    assert validation.errors(validation.FINDING, document) == []
+    assert validation.errors(validation.FINDING, document, strict=True) == []
     assert document["status"] == "not_applicable" and document["scores"] == {}
     assert document["label"] is None and not document["positive"]
 
@@ -170,7 +173,7 @@ def test_dead_letters_are_valid_with_truncated_payload_and_its_digest():
     payload = b'{"schema_version": 1, "uri": "' + b"x" * 50_000 + b'"}'
     document = build_dead_letter(Rejection(Reason.PAYLOAD_TOO_LARGE, "too big", Stage.PARSE),
                                  SOURCE, payload, payload_limit=1024)
-    assert validation.errors(validation.DEAD_LETTER, document) == []
+    assert validation.errors(validation.DEAD_LETTER, document, strict=True) == []
     assert document["payload"]["truncated"] and len(document["payload"]["data"]) == 1024
     assert document["payload"]["size_bytes"] == len(payload)
     assert document["source"] == {"topic": "image-events", "partition": 2, "offset": 41}
@@ -191,8 +194,95 @@ def test_binary_payloads_are_kept_as_base64():
 
 
 def test_every_reason_code_comes_from_the_schema():
-    codes = validation.schema(validation.DEAD_LETTER)["properties"]["reason"]["enum"]
+    codes = validation.schema(validation.DEAD_LETTER)["properties"]["reason"][
+        validation.KNOWN_VALUES]
     assert [reason.value for reason in Reason] == codes
+
+
+# -- how contracts grow (schemas/README.md) ---------------------------------------------
+
+V1_0 = Path(__file__).parent / "contracts_v1_0"  # the v1 files as first published, frozen
+
+
+def v1_0_consumer(name: str):
+    """What an application developer built from the v1 files before the contracts opened."""
+    frozen = [json.loads(path.read_text()) for path in sorted(V1_0.glob("*.json"))]
+    registry = referencing.Registry().with_resources(
+        (document["$id"], referencing.Resource.from_contents(document)) for document in frozen)
+    schema = json.loads((V1_0 / name).read_text())
+    cls = jsonschema.validators.validator_for(schema)
+    return cls(schema, registry=registry, format_checker=cls.FORMAT_CHECKER)
+
+
+# The codes and stages v1.0 knew: what the new job emits with them must still pass there.
+V1_0_REASONS = json.loads((V1_0 / validation.DEAD_LETTER).read_text())[
+    "properties"]["reason"]["enum"]
+
+
+def test_a_v1_0_consumer_still_accepts_every_finding_the_job_emits():
+    event = an_event()
+    consumer = v1_0_consumer(validation.FINDING)
+    not_applicable = Scoring(Scoring.NOT_APPLICABLE, "pneumonia-cnn", "3", modality="CT",
+                             not_applicable_reason="modality CT is not one of CR, DX")
+    for scoring in (scored(0.97), scored(0.2), not_applicable):
+        document = build_finding(event, a_record(event.to_json()), scoring)
+        assert validation.errors(validation.FINDING, document, strict=True) == []
+        assert list(consumer.iter_errors(document)) == []
+
+
+@pytest.mark.parametrize("code", V1_0_REASONS)
+def test_a_v1_0_consumer_still_accepts_kafka_dead_letters_with_the_codes_it_knows(code):
+    stage = Stage.PARSE if code in ("invalid_json", "schema_violation") else Stage.LOAD
+    document = build_dead_letter(Rejection(Reason(code), "why, and what to do", stage),
+                                 SOURCE, b'{"event_id": "e-1"}', event_id="e-1",
+                                 study_instance_uid=STUDY)
+    assert validation.errors(validation.DEAD_LETTER, document, strict=True) == []
+    assert list(v1_0_consumer(validation.DEAD_LETTER).iter_errors(document)) == []
+
+
+def future_dead_letter() -> dict:
+    """What a later v1 job may send: a code this job does not know, a field it has not
+    got, and a Pub/Sub source."""
+    document = build_dead_letter(Rejection(Reason.NOT_AN_IMAGE, "why", Stage.LOAD), SOURCE,
+                                 b"{}", event_id="e-2")
+    document.update(reason="decoder_on_fire", retry_after_s=30,
+                    source={"subscription": "projects/p/subscriptions/image-events",
+                            "message_id": "1234567890"})
+    return document
+
+
+def test_consumers_of_the_current_files_accept_additive_changes():
+    assert validation.errors(validation.DEAD_LETTER, future_dead_letter()) == []
+    event = an_event()
+    finding = build_finding(event, a_record(event.to_json()), scored(0.6))
+    finding["explanation_uri"] = "gs://bucket/heatmaps/x.png"
+    finding["model"]["family"] = "cnn"
+    assert validation.errors(validation.FINDING, finding) == []
+
+
+def test_the_job_may_emit_only_what_the_files_declare():
+    problems = " ".join(validation.errors(validation.DEAD_LETTER, future_dead_letter(),
+                                          strict=True))
+    assert "decoder_on_fire" in problems and "retry_after_s" in problems
+    event = an_event()
+    finding = build_finding(event, a_record(event.to_json()), scored(0.6))
+    finding["explanation_uri"] = "x"
+    assert validation.errors(validation.FINDING, finding, strict=True) != []
+
+
+def test_additive_changes_are_what_a_v1_0_consumer_cannot_take():
+    """Why the rule needs saying: the first published files refused any addition."""
+    assert list(v1_0_consumer(validation.DEAD_LETTER).iter_errors(future_dead_letter()))
+
+
+def test_a_source_is_one_transport_or_the_other():
+    for source in ({"topic": "t", "partition": 0, "offset": 1},
+                   {"subscription": "projects/p/subscriptions/s", "message_id": "9"}):
+        document = future_dead_letter() | {"source": source, "reason": "not_an_image"}
+        document.pop("retry_after_s")
+        assert validation.errors(validation.DEAD_LETTER, document, strict=True) == []
+    document = future_dead_letter() | {"source": {"topic": "t"}}
+    assert validation.errors(validation.DEAD_LETTER, document) != []
 
 
 def test_applicability_rules_come_from_metadata():

@@ -49,7 +49,7 @@ def dead_letter_of(output) -> dict:
     record: OutboundRecord = output.value
     assert record.kind == OutboundRecord.DEAD_LETTER
     document = json.loads(record.value)
-    assert validation.errors(validation.DEAD_LETTER, document) == []
+    assert validation.errors(validation.DEAD_LETTER, document, strict=True) == []
     return document
 
 

@@ -2,6 +2,11 @@
 
 The schema files in the repository's ``schemas/`` folder are the single source of
 truth; this module only loads and applies them with the ``jsonschema`` library.
+
+Two readings of one file (schemas/README.md says why): as written, the contract a
+consumer holds documents to, open for additive change within v1; and ``strict``, what
+the job itself may emit, derived from the same file by closing every object to its
+declared properties and every open code field to its ``x-known-values``.
 """
 
 from __future__ import annotations
@@ -18,6 +23,8 @@ IMAGE_EVENT = "image_event.v1.json"
 FINDING = "finding.v1.json"
 DEAD_LETTER = "dead_letter.v1.json"
 MODEL_METADATA = "model_metadata.v1.json"
+# An open code field lists the codes this version knows (and emits) under this keyword.
+KNOWN_VALUES = "x-known-values"
 
 # streaming/, whose installed copies carry the schemas (setup.py maps them there).
 _PACKAGE_DIR = Path(__file__).resolve().parents[1]
@@ -48,8 +55,9 @@ def schema(name: str) -> dict:
 
 
 @functools.cache
-def validator(name: str) -> jsonschema.protocols.Validator:
-    """A validator for one schema file, with formats (date-time, uuid) checked."""
+def validator(name: str, strict: bool = False) -> jsonschema.protocols.Validator:
+    """A validator for one schema file, with formats (date-time, uuid) checked;
+    ``strict``: what the job may emit (see the module's docstring)."""
     schemas = _schemas()
     registry = referencing.Registry().with_resources(
         (schema["$id"], referencing.Resource.from_contents(schema))
@@ -57,8 +65,26 @@ def validator(name: str) -> jsonschema.protocols.Validator:
     schema = schemas[name]
     base = jsonschema.validators.validator_for(schema)
     base.check_schema(schema)
+    if strict:
+        schema = _strict(schema)
+        base.check_schema(schema)
     cls = jsonschema.validators.extend(base, {"pattern": _ecma_pattern})
     return cls(schema, registry=registry, format_checker=base.FORMAT_CHECKER)
+
+
+def _strict(node):
+    """A copy of a schema with objects closed to their properties and open codes to the
+    known ones."""
+    if isinstance(node, list):
+        return [_strict(item) for item in node]
+    if not isinstance(node, dict):
+        return node
+    strict = {key: _strict(value) for key, value in node.items()}
+    if "properties" in strict and "additionalProperties" not in strict:
+        strict["additionalProperties"] = False
+    if KNOWN_VALUES in strict:
+        strict["enum"] = list(strict[KNOWN_VALUES])
+    return strict
 
 
 def _ecma_pattern(validator, pattern: str, instance, schema):
@@ -77,14 +103,15 @@ def _python_regex(pattern: str) -> re.Pattern:
     return re.compile(re.sub(r"(?<!\\)\$", r"\\Z", pattern))
 
 
-def errors(name: str, document: object) -> list[str]:
+def errors(name: str, document: object, *, strict: bool = False) -> list[str]:
     """Every violation of the named schema, as 'path: message' lines (empty when valid).
 
+    ``strict=True`` checks what the job emits: nothing undeclared, only known codes.
     Messages name the offending field and rule; jsonschema echoes offending
     values, so callers that may hold patient identity use ``violated_fields``.
     """
     return [f"{'/'.join(map(str, e.absolute_path)) or '(root)'}: {e.message}"
-            for e in sorted(validator(name).iter_errors(document), key=str)]
+            for e in sorted(validator(name, strict).iter_errors(document), key=str)]
 
 
 def violated_fields(name: str, document: object) -> list[str]:
