@@ -60,3 +60,33 @@ def test_a_broker_outage_is_survived_without_loss(kafka, broker, scenario_topics
     assert (report.lost, report.duplicated) == (0, 0)
     assert report.findings + report.dead_letters == report.events_sent
     assert job.stop() == 0
+
+
+def test_a_reused_event_id_is_dead_lettered_and_reconcile_reports_it(
+        kafka, scenario_topics, start_job, redis_server, images):
+    """The same event_id for two different images: the first is scored, the second is an
+    event_id_conflict dead letter (once, even when re-sent), and reconcile says so."""
+    import dataclasses  # noqa: PLC0415
+
+    from streaming.kafka.outcomes import OutcomeLog  # noqa: PLC0415
+    from streaming.tools.modality import publish_events  # noqa: PLC0415
+    from streaming.tools.reconcile import reconcile  # noqa: PLC0415
+
+    original, other_image = images[0], images[1]
+    reused = dataclasses.replace(other_image, event_id=original.event_id)
+    job = start_job("--redis_url", redis_server.url)
+    with OutcomeLog(kafka, scenario_topics.findings, scenario_topics.dead_letters) as log:
+        publish_events(kafka, scenario_topics.events, [original])
+        assert log.wait_for([original.event_id], 180), job.log_tail()
+        publish_events(kafka, scenario_topics.events, [reused, original])  # + an honest re-send
+        assert log.wait_for_count(2, 60), job.log_tail()
+        log.drain(quiet_s=3)
+    assert job.stop() == 0
+    outcomes = log.by_event[original.event_id]
+    assert sorted(o.kind for o in outcomes) == ["dead_letter", "finding"]
+    (letter,) = [o.document for o in outcomes if o.kind == "dead_letter"]
+    assert letter["reason"] == "event_id_conflict"
+    result = reconcile(kafka, scenario_topics.events, scenario_topics.findings,
+                       scenario_topics.dead_letters)
+    assert result.conflicts == {original.event_id: 2}
+    assert result.ok and result.lost == [] and result.duplicated == {}

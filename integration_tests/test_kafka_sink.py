@@ -6,6 +6,8 @@ import json
 import threading
 import time
 
+import pytest
+
 from streaming.local.broker import EmbeddedBroker
 from streaming.kafka.admin import ensure_topics
 from streaming.kafka.config import KafkaConfig
@@ -93,3 +95,41 @@ def test_a_finding_over_the_size_limit_becomes_a_dead_letter(broker, kafka, topi
     assert refused.document["reason"] == "finding_too_large"
     assert refused.document["stage"] == "publish"
     assert json.loads(refused.document["payload"]["data"]) == {"event_id": "event-2"}
+
+
+def test_a_bundle_that_failed_after_claiming_is_published_when_retried_here(
+        kafka, topics, redis_server, monkeypatch):
+    """A non-Kafka error after the claims, and the runner retries the bundle in this
+    process: the event still gets its outcome (it used to be skipped as 'ours, done')."""
+    from streaming.delivery.dedup import RedisSettings  # noqa: PLC0415
+
+    ensure_topics(kafka, {topics.findings: 1, topics.dead_letters: 1})
+    ledger = ledger_for(topics.group)
+    record = finding(11)
+    ledger.read(record.source)
+    publisher = PublishToKafka(WriterSettings(
+        config=kafka, group_id=topics.group, findings_topic=topics.findings,
+        dead_letter_topic=topics.dead_letters,
+        dedup=RedisSettings(url=redis_server.url, namespace=topics.group)))
+    publisher.setup()
+    send = publisher._producer.send  # noqa: SLF001 - the shared producer of this process
+
+    def failing_once(*args, **kwargs):
+        monkeypatch.setattr(publisher._producer, "send", send)  # noqa: SLF001
+        raise RuntimeError("a bug or a bad record, after the claim")
+
+    monkeypatch.setattr(publisher._producer, "send", failing_once)  # noqa: SLF001
+    publisher.start_bundle()
+    publisher.process(record)
+    with pytest.raises(RuntimeError):
+        publisher.finish_bundle()
+    assert ledger.to_commit("image-events", 0) is None
+    publisher.start_bundle()  # the runner's retry, in the same process and DoFn
+    publisher.process(record)
+    publisher.finish_bundle()
+
+    assert ledger.to_commit("image-events", 0) == 12
+    with OutcomeLog(kafka, topics.findings, topics.dead_letters) as log:
+        assert log.wait_for([record.event_id], 30), "the retried event got no outcome"
+        log.drain(quiet_s=1)
+    assert log.duplicates() == {}

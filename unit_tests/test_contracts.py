@@ -297,3 +297,10 @@ def test_applicability_rules_come_from_metadata():
     strict = Applicability.from_dict({"modalities": ["CR"], "body_parts": ["CHEST"],
                                       "require_body_part": True})
     assert "no body part" in strict.not_applicable_reason("CR", None, "MONOCHROME2")
+
+
+def test_the_readme_lists_every_reason_code():
+    """A new reason changes the schema, the README and a test together."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    listed = readme.split("Dead-letter reasons:", 1)[1].split("\n\n", 1)[0]
+    assert [reason.value for reason in Reason if f"`{reason.value}`" not in listed] == []

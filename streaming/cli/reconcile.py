@@ -12,8 +12,10 @@ def add_parser(commands) -> None:
     reconcile = commands.add_parser(
         "reconcile", help="check from the topics that every event got exactly one outcome",
         description="Reads the events, findings and dead-letter topics from the beginning "
-                    "and reports events without an outcome (lost) and events with more "
-                    "than one (duplicated). Exit status 1 when any are found.")
+                    "and reports events without an outcome (lost), events with more "
+                    "than one (duplicated), and event_ids reused for different images "
+                    "(conflicts). Exit status 1 when any are lost or duplicated, or a "
+                    "conflict has no event_id_conflict dead letter.")
     kafka_arguments(reconcile, "events_topic", "findings_topic", "dead_letter_topic")
     from streaming.contracts.events import DEFAULT_MAX_EVENT_BYTES  # noqa: PLC0415
     reconcile.add_argument("--max_event_bytes", type=int, default=DEFAULT_MAX_EVENT_BYTES,
@@ -37,11 +39,14 @@ def run(args) -> int:
         print(f"events {result.events} ({result.event_records} records), findings "
               f"{result.findings}, dead letters {result.dead_letters}, lost {len(result.lost)}, "
               f"duplicated {len(result.duplicated)}, outcomes without an event "
-              f"{result.unmatched_outcomes}")
+              f"{result.unmatched_outcomes}, event_id conflicts {len(result.conflicts)}")
         for reason, count in result.dead_letter_reasons.items():
             print(f"  dead letters {reason}: {count}")
         for name in result.lost[:20]:
             print(f"  lost: {name}")
         for name, count in list(result.duplicated.items())[:20]:
             print(f"  duplicated: {name} x{count}")
+        for name, count in list(result.conflicts.items())[:20]:
+            flagged = "" if name not in result.unflagged_conflicts else " (no dead letter!)"
+            print(f"  conflict: {name} used for {count} different images{flagged}")
     return 0 if result.ok else 1

@@ -74,10 +74,13 @@ def _utf8(data: bytes, truncated: bool) -> str | None:
 def build_dead_letter(rejection: Rejection, source: SourcePosition, payload: bytes, *,
                       event_id: str | None = None, study_instance_uid: str | None = None,
                       model: dict | None = None,
-                      payload_limit: int = DEFAULT_PAYLOAD_BYTES) -> dict:
+                      payload_limit: int = DEFAULT_PAYLOAD_BYTES,
+                      id_from: str | None = None) -> dict:
+    """``id_from``: what the dead_letter_id derives from, when not the event itself (a
+    conflict dead letter is about one record of a reused event_id)."""
     document = {
         "schema_version": 1,
-        "dead_letter_id": dead_letter_id(event_id, source),
+        "dead_letter_id": dead_letter_id(id_from or event_id, source),
         "event_id": event_id,
         "study_instance_uid": study_instance_uid,
         "reason": Reason(rejection.reason).value,
@@ -95,13 +98,15 @@ def build_dead_letter(rejection: Rejection, source: SourcePosition, payload: byt
 def dead_letter_record(rejection: Rejection, source: SourcePosition, payload: bytes, *,
                        event_id: str | None = None, study_instance_uid: str | None = None,
                        model: dict | None = None,
-                       payload_limit: int = DEFAULT_PAYLOAD_BYTES) -> OutboundRecord:
+                       payload_limit: int = DEFAULT_PAYLOAD_BYTES,
+                       id_from: str | None = None) -> OutboundRecord:
     """The outbound record for a dead letter, keyed like its event (study UID when known)."""
     document = build_dead_letter(rejection, source, payload, event_id=event_id,
                                  study_instance_uid=study_instance_uid, model=model,
-                                 payload_limit=payload_limit)
+                                 payload_limit=payload_limit, id_from=id_from)
     metrics.count("dead_letters", document["reason"])
     key = study_instance_uid or f"{source.topic}/{source.partition}/{source.offset}"
     return OutboundRecord(kind=OutboundRecord.DEAD_LETTER, key=key.encode("utf-8"),
                           value=json.dumps(document, separators=(",", ":")).encode("utf-8"),
-                          source=source, source_payload=payload, event_id=event_id)
+                          source=source, source_payload=payload, event_id=event_id,
+                          dedup_identity=id_from)

@@ -8,6 +8,7 @@ schemas/image_event.v1.json; ``new_event`` builds events for publishers.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import datetime as dt
 import json
 import time
@@ -163,3 +164,22 @@ class ReceivedEvent:
     """A valid event and the Kafka record it came in, carried to its finding or dead letter."""
     event: ImageEvent
     record: KafkaRecord
+
+
+# What makes an event that event: an honest re-send (new sent_at) keeps it, a reused
+# event_id naming another image does not.
+_IDENTIFYING_FIELDS = ("study_instance_uid", "series_instance_uid", "sop_instance_uid", "uri",
+                       "sha256")
+
+
+def event_fingerprint(payload: bytes | None) -> str | None:
+    """A digest of an event's identifying fields (None when it is not a JSON object)."""
+    try:
+        document = json.loads(payload)
+    except (TypeError, ValueError, RecursionError):
+        return None
+    if not isinstance(document, dict):
+        return None
+    fields = [document.get(name) for name in _IDENTIFYING_FIELDS]
+    canonical = json.dumps(fields, separators=(",", ":"), default=str).encode("utf-8")
+    return hashlib.sha256(canonical).hexdigest()[:32]

@@ -42,6 +42,8 @@ class OutboundRecord:
     # refuses the finding itself (e.g. a record over the size limit).
     source_payload: bytes
     event_id: str | None = None
+    # What its dedup claim is keyed by, when not the event (a conflict dead letter).
+    dedup_identity: str | None = None
 
     FINDING = "finding"
     DEAD_LETTER = "dead_letter"

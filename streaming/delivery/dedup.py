@@ -4,21 +4,33 @@ Kafka delivers at least once, so a restarted job sees uncommitted events again. 
 two-phase claim in Redis, keyed by the event's identity (its ``event_id``, or its
 source position when it had none), makes the second sighting a no-op:
 
-1. **claim** ``SET key "pending|<owner>|<time>" NX EX ttl`` (and note it in a pending
-   hash) before publishing; only the claimer publishes;
-2. **done**: after the broker acknowledged the outcome, ``SET key "done|..." EX ttl``;
-   a later sighting of a ``done`` key publishes nothing and just settles its offset.
+1. **claim**: set the key to ``pending|<owner>|<time>|<fingerprint>`` if it is free (and
+   note it in a sorted set of pending claims, scored by claim time) before publishing;
+   only the claimer publishes;
+2. **done**: after the broker acknowledged the outcome, the key becomes ``done|...``; a
+   later sighting of a ``done`` key publishes nothing and just settles its offset.
 
-A job killed between the two phases leaves ``pending`` claims. At start,
-``settle_pending`` reads back the tail of the findings and dead-letter topics (from
-just before the oldest pending claim): a claim whose outcome is there becomes
-``done``; one whose outcome never reached the broker is released, so the replayed
-event is published then. A ``pending`` claim of another live process (several
-workers) is waited on, and taken over after ``takeover_after_s``: the rare cost is a
-duplicate, never a loss.
+An event is settled only once its outcome is acknowledged by the broker, or once a
+read-back of the findings and dead-letter topics shows the outcome is there:
 
-Keys live ``ttl_s`` (default 7 days): keep it longer than the events topic's
-retention, the longest window in which an event can be replayed.
+- a claim of this very process that is no longer in flight (its bundle failed, and the
+  runner retries it here) is re-examined by that read-back, never taken for done;
+- a claim of another process is taken over when its owner's heartbeat key expired (the
+  process died) or after ``takeover_after_s``, and only after the read-back: an owner
+  that died between the broker's ack and ``done`` left its outcome in the topic;
+- a live owner stuck retrying (a broker outage) renews its claims, and re-checks that
+  they are still its own before re-sending;
+- every process settles, once at set-up, the pending claims of owners whose heartbeat
+  expired (a killed predecessor): done if the outcome is in the topics, else released so
+  the replay publishes. A read-back that cannot finish is a warning and a metric, never
+  a failed start. Pending entries older than the key TTL are trimmed.
+
+The fingerprint is a digest of the event's identifying fields (UIDs, URI, sha256; not
+``sent_at``, so an honest re-send is still the same event). An ``event_id`` reused with
+a different fingerprint is a conflict: the sink dead-letters it (``event_id_conflict``).
+
+Keys live ``ttl_s`` (default 8 days): keep it longer than the events topic's retention,
+the longest window in which an event can be replayed.
 
 When Redis cannot be reached the job does not stop and does not drop: it publishes
 the outcome with ``"dedup": "unavailable"`` and counts it (``medimg_dedup_total
@@ -38,6 +50,7 @@ from typing import Iterable
 
 import redis
 
+from streaming.contracts.reasons import Reason
 from streaming.contracts.records import SourcePosition
 from streaming.runtime.secrets import read_secret
 
@@ -51,19 +64,39 @@ PENDING, DONE = "pending", "done"
 
 # One owner id per process: claims of this process are recognised as its own.
 OWNER = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+# A live process refreshes its heartbeat key every HEARTBEAT_S; it expires after
+# HEARTBEAT_TTL_S without a refresh: then its pending claims are a dead owner's.
+HEARTBEAT_S = 5.0
+HEARTBEAT_TTL_S = 15
 
+# KEYS: claim key, pending set. ARGV: value, ttl, identity, claimed at.
 _CLAIM = """
-if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[2]) then
-  redis.call('HSET', KEYS[2], ARGV[3], ARGV[1])
-  return {1, ARGV[1]}
+local current = redis.call('GET', KEYS[1])
+if current then
+  return {0, current}
 end
-return {0, redis.call('GET', KEYS[1])}
+redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+redis.call('ZADD', KEYS[2], ARGV[4], ARGV[3])
+return {1, ARGV[1]}
 """
 
+# KEYS: claim key, pending set. ARGV: expected value, new value, ttl, identity, claimed at.
 _TAKE_OVER = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   redis.call('SET', KEYS[1], ARGV[2], 'EX', ARGV[3])
-  redis.call('HSET', KEYS[2], ARGV[4], ARGV[2])
+  redis.call('ZADD', KEYS[2], ARGV[5], ARGV[4])
+  return 1
+end
+return 0
+"""
+
+# KEYS: claim key, pending set. ARGV: our prefix "pending|<owner>|", new value, ttl,
+# identity, claimed at. Renews a claim only while it is still ours.
+_RENEW = """
+local current = redis.call('GET', KEYS[1])
+if current and string.sub(current, 1, string.len(ARGV[1])) == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[2], 'EX', ARGV[3])
+  redis.call('ZADD', KEYS[2], ARGV[5], ARGV[4])
   return 1
 end
 return 0
@@ -75,10 +108,17 @@ def identity(event_id: str | None, source: SourcePosition) -> str:
     return event_id or f"pos:{source.topic}/{source.partition}/{source.offset}"
 
 
+def conflict_identity(event_id: str, payload_sha256: str) -> str:
+    """What a conflict dead letter is claimed by: one per record reusing ``event_id``."""
+    return f"conflict:{event_id}:{payload_sha256}"
+
+
 def outcome_identity(kind: str, document: dict) -> str:
     """The dedup identity an outcome settles (see ``identity``)."""
     if kind == "finding":
         return document["event_id"]
+    if document.get("reason") == Reason.EVENT_ID_CONFLICT and document.get("event_id"):
+        return conflict_identity(document["event_id"], document["payload"]["sha256"])
     return identity(document.get("event_id"), SourcePosition(**document["source"]))
 
 
@@ -130,9 +170,25 @@ class Claim:
     """The state of one identity after ``claim_many``."""
     identity: str
     mine: bool              # this process may publish
-    done: bool = False      # an outcome was already published: publish nothing
-    holder: str | None = None  # another process's pending claim (owner)
+    done: bool = False      # an outcome was already published (or is in flight here)
+    holder: str | None = None  # the owner of a pending claim that is not ours to publish
     since: float | None = None
+    value: str | None = None   # the claim as stored (for compare-and-set)
+    stale: bool = False     # ours but no longer in flight, or its owner is dead: read back
+    fingerprint: str | None = None  # of the content the identity was claimed for
+
+    def conflicts_with(self, fingerprint: str | None) -> bool:
+        """Whether content with ``fingerprint`` reuses this identity for something else."""
+        return bool(fingerprint and self.fingerprint and fingerprint != self.fingerprint)
+
+
+def _parse(value: str) -> tuple[str, str, float, str]:
+    """(state, owner, since, fingerprint) of a stored claim."""
+    state, owner, since, fingerprint = (value.split("|") + ["", "", ""])[:4]
+    try:
+        return state, owner, float(since or 0), fingerprint
+    except ValueError:
+        return state, owner, 0.0, fingerprint
 
 
 class DedupStore:
@@ -142,59 +198,135 @@ class DedupStore:
         self._owner = owner
         self._claim = client.register_script(_CLAIM)
         self._take_over = client.register_script(_TAKE_OVER)
-        self._pending_key = f"medimg:pending:{settings.namespace}"
+        self._renew = client.register_script(_RENEW)
+        # A sorted set (claim time), so old entries are cheap to find and trim; per-field
+        # expiry in a hash needs Redis 7.4.
+        self._pending_key = f"medimg:pending-claims:{settings.namespace}"
+        self._in_flight: set[str] = set()  # claims this process is publishing right now
+        self._lock = threading.Lock()
+
+    @property
+    def owner(self) -> str:
+        return self._owner
 
     def _key(self, identity_: str) -> str:
         return f"medimg:dedup:{self._settings.namespace}:{identity_}"
 
-    def _pending_value(self) -> str:
-        return f"{PENDING}|{self._owner}|{time.time():.3f}"
+    def _heartbeat_key(self, owner: str) -> str:
+        return f"medimg:owner:{self._settings.namespace}:{owner}"
 
-    def claim_many(self, identities: Iterable[str]) -> dict[str, Claim]:
+    def _pending_value(self, fingerprint: str | None = None, at: float | None = None) -> str:
+        return f"{PENDING}|{self._owner}|{(at or time.time()):.3f}|{fingerprint or ''}"
+
+    def heartbeat(self) -> None:
+        """Say this process is alive (its pending claims are not a dead owner's)."""
+        with _redis_errors():
+            self._client.set(self._heartbeat_key(self._owner), "1", ex=HEARTBEAT_TTL_S)
+
+    def alive(self, owners: Iterable[str]) -> set[str]:
+        owners = [owner for owner in dict.fromkeys(owners) if owner]
+        if not owners:
+            return set()
+        with _redis_errors(), self._client.pipeline(transaction=False) as pipe:
+            for owner in owners:
+                pipe.exists(self._heartbeat_key(owner))
+            answers = pipe.execute()
+        return {owner for owner, exists in zip(owners, answers) if exists}
+
+    def claim_many(self, identities: Iterable[str],
+                   fingerprints: dict[str, str | None] | None = None) -> dict[str, Claim]:
         identities = list(dict.fromkeys(identities))
+        fingerprints = fingerprints or {}
+        now = time.time()
         with _redis_errors(), self._client.pipeline(transaction=False) as pipe:
             for name in identities:
                 self._claim(keys=[self._key(name), self._pending_key],
-                            args=[self._pending_value(), self._settings.ttl_s, name],
+                            args=[self._pending_value(fingerprints.get(name), now),
+                                  self._settings.ttl_s, name, f"{now:.3f}"],
                             client=pipe)
             answers = pipe.execute()
-        # Lua drops a trailing nil from a table: [0] means "exists, but expired since".
-        return {name: self._read_claim(name, answer[0], answer[1] if len(answer) > 1 else None)
-                for name, answer in zip(identities, answers)}
+        holders = [_parse(answer[1])[1] for answer in answers
+                   if not answer[0] and _parse(answer[1])[0] == PENDING]
+        living = self.alive(owner for owner in holders if owner != self._owner)
+        claims = {name: self._read_claim(name, answer[0], answer[1], fingerprints.get(name),
+                                         living)
+                  for name, answer in zip(identities, answers)}
+        with self._lock:
+            self._in_flight.update(name for name, claim in claims.items() if claim.mine)
+        return claims
 
-    def _read_claim(self, name: str, created: int, value: str | None) -> Claim:
+    def _read_claim(self, name: str, created: int, value: str, fingerprint: str | None,
+                    living: set[str]) -> Claim:
+        state, owner, since, stored = _parse(value)
+        stored = stored or None
         if created:
-            return Claim(name, mine=True)
-        if value is None:  # expired between SET and GET: try again next round
-            return Claim(name, mine=False, holder="expired", since=0.0)
-        state, _, rest = value.partition("|")
+            return Claim(name, mine=True, value=value, fingerprint=stored)
         if state == DONE:
-            return Claim(name, mine=False, done=True)
-        owner, _, since = rest.partition("|")
+            return Claim(name, mine=False, done=True, fingerprint=stored)
         if owner == self._owner:
-            # Our own claim: the same event twice in flight in this process. The first
-            # copy publishes; this one is a duplicate.
-            return Claim(name, mine=False, done=True)
-        return Claim(name, mine=False, holder=owner, since=float(since or 0))
+            with self._lock:
+                in_flight = name in self._in_flight
+            if in_flight:
+                # The same event twice in flight in this process: the first copy publishes.
+                return Claim(name, mine=False, done=True, fingerprint=stored)
+            # Ours, but no bundle of ours is publishing it: a bundle failed after claiming.
+            return Claim(name, mine=False, holder=owner, since=since, value=value, stale=True,
+                         fingerprint=stored)
+        return Claim(name, mine=False, holder=owner, since=since, value=value,
+                     stale=owner not in living, fingerprint=stored)
 
-    def take_over(self, claim: Claim) -> bool:
-        """Claim an identity another process has held pending too long (compare and set)."""
-        old = f"{PENDING}|{claim.holder}|{claim.since:.3f}"
+    def take_over(self, claim: Claim, fingerprint: str | None = None) -> bool:
+        """Claim an identity whose holder is gone or too slow (compare and set)."""
+        now = time.time()
         with _redis_errors():
-            return bool(self._take_over(
+            taken = bool(self._take_over(
                 keys=[self._key(claim.identity), self._pending_key],
-                args=[old, self._pending_value(), self._settings.ttl_s, claim.identity]))
+                args=[claim.value, self._pending_value(fingerprint, now), self._settings.ttl_s,
+                      claim.identity, f"{now:.3f}"]))
+        if taken:
+            with self._lock:
+                self._in_flight.add(claim.identity)
+        return taken
 
-    def mark_done(self, identities: Iterable[str]) -> None:
+    def renew(self, identities: Iterable[str],
+              fingerprints: dict[str, str | None] | None = None) -> set[str]:
+        """Refresh our pending claims' time; returns those still ours (not taken over)."""
+        identities = list(dict.fromkeys(identities))
+        fingerprints = fingerprints or {}
+        now = time.time()
+        with _redis_errors(), self._client.pipeline(transaction=False) as pipe:
+            for name in identities:
+                self._renew(keys=[self._key(name), self._pending_key],
+                            args=[f"{PENDING}|{self._owner}|",
+                                  self._pending_value(fingerprints.get(name), now),
+                                  self._settings.ttl_s, name, f"{now:.3f}"], client=pipe)
+            answers = pipe.execute()
+        ours = {name for name, renewed in zip(identities, answers) if renewed}
+        with self._lock:
+            self._in_flight.difference_update(set(identities) - ours)
+        return ours
+
+    def abandon(self, identities: Iterable[str]) -> None:
+        """A bundle that claimed these failed: they stay pending (a retry re-examines them
+        by reading back the topics), but are no longer in flight here."""
+        with self._lock:
+            self._in_flight.difference_update(identities)
+
+    def mark_done(self, identities: Iterable[str],
+                  fingerprints: dict[str, str | None] | None = None) -> None:
         identities = list(identities)
         if not identities:
             return
-        value = f"{DONE}|{self._owner}|{time.time():.3f}"
+        fingerprints = fingerprints or {}
+        now = time.time()
         with _redis_errors(), self._client.pipeline(transaction=False) as pipe:
             for name in identities:
-                pipe.set(self._key(name), value, ex=self._settings.ttl_s)
-            pipe.hdel(self._pending_key, *identities)
+                pipe.set(self._key(name),
+                         f"{DONE}|{self._owner}|{now:.3f}|{fingerprints.get(name) or ''}",
+                         ex=self._settings.ttl_s)
+            pipe.zrem(self._pending_key, *identities)
             pipe.execute()
+        self.abandon(identities)
 
     def release(self, identities: Iterable[str]) -> None:
         """Forget claims whose outcome never reached the broker: the replay publishes it."""
@@ -204,24 +336,36 @@ class DedupStore:
         with _redis_errors(), self._client.pipeline(transaction=False) as pipe:
             for name in identities:
                 pipe.delete(self._key(name))
-            pipe.hdel(self._pending_key, *identities)
+            pipe.zrem(self._pending_key, *identities)
             pipe.execute()
+        self.abandon(identities)
 
     def pending(self) -> dict[str, tuple[str, float]]:
-        """identity -> (owner, claimed at) for every claim not yet marked done."""
-        found = {}
+        """identity -> (owner, claimed at) for every claim not yet marked done.
+
+        Entries older than the key TTL (their keys are gone) are trimmed on the way.
+        """
+        cutoff = time.time() - self._settings.ttl_s
         with _redis_errors():
-            entries = self._client.hgetall(self._pending_key)
-        for name, value in entries.items():
-            _state, _, rest = value.partition("|")
-            owner, _, since = rest.partition("|")
-            found[name] = (owner, float(since or 0))
+            self._client.zremrangebyscore(self._pending_key, "-inf", cutoff)
+            names = self._client.zrange(self._pending_key, 0, -1)
+            values = self._client.mget([self._key(name) for name in names]) if names else []
+        found, vanished = {}, []
+        for name, value in zip(names, values):
+            if value is None or _parse(value)[0] != PENDING:
+                vanished.append(name)  # expired, or done by a process that died mid-update
+                continue
+            _state, owner, since, _fingerprint = _parse(value)
+            found[name] = (owner, since)
+        if vanished:
+            with _redis_errors():
+                self._client.zrem(self._pending_key, *vanished)
         return found
 
     def state(self, identity_: str) -> str | None:
         with _redis_errors():
             value = self._client.get(self._key(identity_))
-        return None if value is None else value.partition("|")[0]
+        return None if value is None else _parse(value)[0]
 
 
 _STORES: dict[RedisSettings, DedupStore] = {}
@@ -229,28 +373,45 @@ _STORES_LOCK = threading.Lock()
 
 
 def store_for(settings: RedisSettings) -> DedupStore:
-    """One store (and Redis connection pool) per process and settings."""
+    """One store (and Redis connection pool) per process and settings, with its heartbeat."""
     with _STORES_LOCK:
         if settings not in _STORES:
-            _STORES[settings] = DedupStore(settings.client(), settings)
+            store = DedupStore(settings.client(), settings)
+            with contextlib.suppress(DedupUnavailable):
+                store.heartbeat()
+            threading.Thread(target=_beat, args=(store,), name="dedup-heartbeat",
+                             daemon=True).start()
+            _STORES[settings] = store
         return _STORES[settings]
 
 
+def _beat(store: DedupStore) -> None:
+    while True:
+        time.sleep(HEARTBEAT_S)
+        try:
+            store.heartbeat()
+        except DedupUnavailable:
+            pass  # Redis away: claims are published "dedup unavailable" meanwhile
+
+
 def settle_pending(store: DedupStore, read_outcome_identities) -> tuple[int, int]:
-    """After a crash: pending claims become done (outcome published) or are released.
+    """After a crash: a dead owner's pending claims become done (outcome published) or are
+    released (it never got there, so the replay publishes it).
 
     ``read_outcome_identities(since_epoch_s)`` returns the identities of every finding
-    and dead letter published since then. Returns (settled done, released).
+    and dead letter published since then. Claims of live owners (this process included)
+    are left alone. Returns (settled done, released).
     """
     pending = store.pending()
-    if not pending:
+    living = store.alive(owner for owner, _since in pending.values()) | {store.owner}
+    orphans = {name: since for name, (owner, since) in pending.items() if owner not in living}
+    if not orphans:
         return 0, 0
-    oldest = min(since for _owner, since in pending.values())
-    published = read_outcome_identities(oldest - 60.0)  # clocks of workers differ a little
-    done = [name for name in pending if name in published]
-    released = [name for name in pending if name not in published]
+    published = read_outcome_identities(min(orphans.values()) - 60.0)  # clocks differ a little
+    done = [name for name in orphans if name in published]
+    released = [name for name in orphans if name not in published]
     store.mark_done(done)
     store.release(released)
-    LOG.info("settled pending claims after a restart", extra={
+    LOG.info("settled the pending claims of a dead predecessor", extra={
         "done": len(done), "released": len(released)})
     return len(done), len(released)

@@ -13,7 +13,6 @@ own publishing step instead of being flattened into one.
 
 from __future__ import annotations
 
-import functools
 import logging
 from typing import Iterable
 
@@ -23,7 +22,6 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 
 from streaming.runtime import lifecycle, logs, metrics
 from streaming.contracts.dead_letters import Rejection, Stage, dead_letter_record
-from streaming.delivery.dedup import DedupUnavailable, settle_pending, store_for
 from streaming.contracts.events import EventRejected, ReceivedEvent, parse_event
 from streaming.job.findings import finding_record
 from streaming.imaging.decoding import load_image
@@ -35,7 +33,6 @@ from streaming.modeling.handler import KerasModelHandler
 from streaming.modeling.registry import ModelRegistry
 from streaming.modeling.scoring import ImageToScore, Scoring
 from streaming.job.options import LOCAL_RUNNER, JobSettings, job_settings
-from streaming.kafka.outcomes import outcome_identities
 from streaming.contracts.reasons import Reason
 from streaming.contracts.records import KafkaRecord, OutboundRecord
 
@@ -205,20 +202,6 @@ def pipeline_options(argv: list[str] | None) -> PipelineOptions:
     return options
 
 
-def settle_claims(settings: JobSettings) -> None:
-    """Resolve what a killed predecessor left pending in the dedup store (see dedup.py)."""
-    try:
-        done, released = settle_pending(store_for(settings.dedup), functools.partial(
-            outcome_identities, settings.kafka, settings.findings_topic,
-            settings.dead_letter_topic))
-    except DedupUnavailable as error:
-        LOG.warning("dedup store unavailable at start; pending claims settle on a later start",
-                    extra={"error": str(error)})
-        return
-    metrics.count("dedup", "settled", done)
-    metrics.count("dedup", "released", released)
-
-
 def run(argv: list[str] | None = None) -> None:
     """Start the job and block until it is drained (SIGTERM) or fails."""
     options = pipeline_options(argv)
@@ -231,8 +214,6 @@ def run(argv: list[str] | None = None) -> None:
         ensure_topics(settings.kafka, {topic: settings.topic_partitions for topic in (
             settings.events_topic, settings.findings_topic, settings.dead_letter_topic)},
             timeout_s=settings.startup_timeout_s)
-    if settings.dedup:
-        settle_claims(settings)
     lifecycle.install_signal_handlers()
     if lifecycle.drain_requested():
         LOG.info("stop requested during start-up: nothing was read, nothing to drain")

@@ -10,11 +10,18 @@
 - A record the broker will never take (over the size limit) is not retried: a
   finding becomes a dead letter with reason ``finding_too_large``; a dead letter is
   re-sent with its payload excerpt cut to nothing.
+- With ``--redis_url``, records are claimed before sending and marked done after the
+  acknowledgement (streaming/delivery/dedup.py): claims are renewed while the sink
+  retries through an outage, re-checked before a re-send, and left to be re-examined
+  (not skipped) when the bundle fails; each process settles what dead predecessors left
+  pending, once, at set-up.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import hashlib
 import json
 import logging
 import threading
@@ -25,8 +32,9 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.errors import KafkaError, MessageSizeTooLargeError, RecordListTooLargeError
 
 from streaming.runtime import metrics
-from streaming.delivery.dedup import (DedupStore, DedupUnavailable, RedisSettings, identity,
-                             store_for)
+from streaming.contracts.events import event_fingerprint
+from streaming.delivery.dedup import (Claim, DedupStore, DedupUnavailable, RedisSettings,
+                                      conflict_identity, identity, settle_pending, store_for)
 from streaming.contracts.dead_letters import Rejection, Stage, dead_letter_record
 from streaming.kafka.config import KafkaConfig
 from streaming.kafka.ledger import ledger_for
@@ -136,8 +144,17 @@ class PublishToKafka(beam.DoFn):
     def setup(self):
         self._producer = shared_producer(self._settings.config, self._settings.max_request_bytes)
         self._ledger = ledger_for(self._settings.group_id)
-        self._claims = Claims(self._settings.dedup, self._ledger) if self._settings.dedup else None
+        self._claims = (Claims(self._settings.dedup, self._ledger, self._published_since,
+                               self._settings.dead_letter_payload_bytes)
+                        if self._settings.dedup else None)
         self._probe = shared_probe(self._settings.config)
+        if self._claims is not None:
+            settle_once(self._settings, self._published_since)
+
+    def _published_since(self, since_s: float) -> set[str]:
+        """Identities of every outcome published since ``since_s`` (the read-back)."""
+        return outcome_identities(self._settings.config, self._settings.findings_topic,
+                                  self._settings.dead_letter_topic, since_s)
 
     def start_bundle(self):
         self._records: list[OutboundRecord] = []
@@ -147,8 +164,21 @@ class PublishToKafka(beam.DoFn):
 
     def finish_bundle(self):
         records, self._records = self._records, []
-        if self._claims is not None:
-            records = self._claims.claim(records)
+        if self._claims is None:
+            self._publish(records)
+            return
+        claimed = self._claims.claim(records)
+        try:
+            acknowledged = self._publish(claimed)
+        except BaseException:
+            # The runner may retry this bundle in this process: its claims must then be
+            # re-examined against the topics, never taken for done.
+            self._claims.abandon(claimed)
+            raise
+        self._claims.done(acknowledged)
+
+    def _publish(self, records: list[OutboundRecord]) -> list[OutboundRecord]:
+        """Send, retry until every record is acknowledged, settle; returns what was sent."""
         first_sent = time.time()
         pending = [(record, self._send(record)) for record in records]
         acknowledged, attempt = [], 0
@@ -167,12 +197,20 @@ class PublishToKafka(beam.DoFn):
             if retry:
                 attempt += 1
                 self._wait_before_retry(attempt, retry)
-                self._wait_for_broker(self._topic(retry[0][0]))
+                self._wait_for_broker(self._topic(retry[0][0]), retry)
                 retry = self._unpublished(retry, first_sent, acknowledged)
+                retry = self._still_ours(retry)
             pending = [(record, self._send(record))
                        for record in replaced + [record for record, _ in retry]]
-        if self._claims is not None:
-            self._claims.done(acknowledged)
+        return acknowledged
+
+    def _still_ours(self, failures: list) -> list:
+        """Before a re-send: renew our claims, and drop what another worker took over."""
+        if self._claims is None:
+            return failures
+        self._claims.renew([record for record, _ in failures])
+        kept = {id(record) for record in self._claims.drop_taken([r for r, _ in failures])}
+        return [(record, error) for record, error in failures if id(record) in kept]
 
     # -- helpers -------------------------------------------------------------------
 
@@ -239,13 +277,16 @@ class PublishToKafka(beam.DoFn):
                 remaining.append((record, error))
         return remaining
 
-    def _wait_for_broker(self, topic: str) -> None:
+    def _wait_for_broker(self, topic: str, failures: list) -> None:
         """Re-send only once the broker answers again (see request_timeout_ms above)."""
         waited, delay = 0.0, 0.5
         while not self._probe.answers(topic):
             if waited == 0.0:
                 LOG.warning("broker not answering; waiting before publishing again",
                             extra={"topic": topic})
+            if self._claims is not None:
+                # Alive and retrying: keep our claims fresh so no one takes them over.
+                self._claims.renew([record for record, _ in failures])
             time.sleep(delay)
             waited += delay
             delay = min(delay * 2, _MAX_BACKOFF_S)
@@ -262,19 +303,54 @@ class PublishToKafka(beam.DoFn):
         time.sleep(delay)
 
 
-class Claims:
-    """The sink's side of streaming/dedup.py: claim before publishing, mark done after."""
+_SETTLED: set[RedisSettings] = set()
+_SETTLED_LOCK = threading.Lock()
 
-    def __init__(self, settings: RedisSettings, ledger):
+
+def settle_once(settings: WriterSettings, read_back) -> None:
+    """Settle, once per process, the claims dead predecessors left pending (dedup.py).
+
+    In the worker, not the launcher: on Dataflow the launcher never publishes. A read-back
+    that fails is a warning and a metric; the job starts anyway (a replayed event whose
+    claim is still pending is read back again when it is taken over).
+    """
+    with _SETTLED_LOCK:
+        if settings.dedup in _SETTLED:
+            return
+        _SETTLED.add(settings.dedup)
+    try:
+        done, released = settle_pending(store_for(settings.dedup), read_back)
+    except Exception as error:  # noqa: BLE001 - Redis, Kafka, timeouts: never a failed start
+        metrics.count("dedup", "settle_failed")
+        LOG.warning("could not settle pending claims at start; they are read back when "
+                    "their events come again", extra={"error": type(error).__name__})
+        return
+    metrics.count("dedup", "settled", done)
+    metrics.count("dedup", "released", released)
+
+
+class Claims:
+    """The sink's side of streaming/delivery/dedup.py: claim before publishing, mark done
+    after, renew while retrying, re-examine by reading back before a takeover."""
+
+    def __init__(self, settings: RedisSettings, ledger, read_back, payload_limit: int):
         self._settings = settings
         self._ledger = ledger
+        self._read_back = read_back
+        self._payload_limit = payload_limit
         self._mine: set[str] = set()
+        self._taken: set[str] = set()   # ours once, taken over while we retried
+        self._fingerprints: dict[str, str | None] = {}
 
     def claim(self, records: list[OutboundRecord]) -> list[OutboundRecord]:
         """The records to publish; duplicates are settled here without publishing."""
         try:
             store = store_for(self._settings)
-            claims = store.claim_many(_identity(r) for r in records)
+            fingerprints: dict[str, str | None] = {}
+            for record in records:  # an identity is claimed for its first content
+                fingerprints.setdefault(_identity(record), _fingerprint(record))
+            claims = store.claim_many(fingerprints, fingerprints)
+            self._fingerprints.update(fingerprints)
             return self._resolve(store, records, claims)
         except DedupUnavailable as error:
             metrics.count("dedup", "unavailable", len(records))
@@ -283,12 +359,13 @@ class Claims:
             return [_marked_unavailable(record) for record in records]
 
     def _resolve(self, store: DedupStore, records, claims) -> list[OutboundRecord]:
-        publish, seen = [], set()
-        waiting: list[OutboundRecord] = []
+        publish, seen, waiting, conflicts = [], set(), [], []
         for record in records:
             name = _identity(record)
             claim = claims[name]
-            if claim.mine and name not in seen:
+            if claim.conflicts_with(_fingerprint(record)):
+                conflicts.append(self._conflict(record))
+            elif claim.mine and name not in seen:
                 seen.add(name)
                 self._mine.add(name)
                 publish.append(record)
@@ -296,51 +373,141 @@ class Claims:
                 self._skip(record)  # its outcome exists (or is being published right here)
             else:
                 waiting.append(record)
+        if conflicts:
+            publish += self.claim(conflicts)  # claimed too: a replay repeats no conflict
         return publish + self._wait_for_holders(store, waiting, seen)
 
+    def _conflict(self, record: OutboundRecord) -> OutboundRecord:
+        """The event reuses an event_id already claimed for other content: dead-letter it."""
+        metrics.count("dedup", "conflict")
+        digest = hashlib.sha256(record.source_payload or b"").hexdigest()
+        document = json.loads(record.value)
+        LOG.warning("event_id reused for a different image; dead-lettering the newcomer",
+                    extra={"event_id": record.event_id})
+        return dead_letter_record(
+            Rejection(Reason.EVENT_ID_CONFLICT,
+                      "this event_id was already used for an event naming another image "
+                      "(UIDs, URI or sha256 differ); the sender must give each event its "
+                      "own event_id and send this one again with a new one", Stage.PUBLISH),
+            record.source, record.source_payload, event_id=record.event_id,
+            study_instance_uid=document.get("study_instance_uid"),
+            payload_limit=self._payload_limit,
+            id_from=conflict_identity(record.event_id, digest))
+
     def _wait_for_holders(self, store: DedupStore, waiting, seen) -> list[OutboundRecord]:
-        """Records another process holds pending: wait for it, take over if it went quiet."""
+        """Records claimed pending elsewhere: wait; take over (after reading back) a claim
+        whose owner died, that a failed bundle of ours left, or that went quiet too long."""
         publish = []
         while waiting:
-            claims = store.claim_many(_identity(r) for r in waiting)
-            still = []
+            names = {_identity(r): self._fingerprints.get(_identity(r)) for r in waiting}
+            claims = store.claim_many(names, names)
+            still, due = [], []
             for record in waiting:
                 name, claim = _identity(record), claims[_identity(record)]
-                if name in seen or claim.done:
+                if claim.conflicts_with(_fingerprint(record)):
+                    publish += self.claim([self._conflict(record)])
+                elif name in seen or claim.done:
                     self._skip(record)
-                elif claim.mine or (time.time() - (claim.since or 0)
-                                    >= self._settings.takeover_after_s
-                                    and store.take_over(claim)):
-                    if not claim.mine:
-                        metrics.count("dedup", "taken_over")
+                elif claim.mine:
                     seen.add(name)
                     self._mine.add(name)
                     publish.append(record)
+                elif claim.stale or (time.time() - (claim.since or 0)
+                                     >= self._settings.takeover_after_s):
+                    due.append((record, claim))
                 else:
                     still.append(record)
+            still += self._take_over(store, due, seen, publish)
             waiting = still
             if waiting:
                 time.sleep(1.0)
         return publish
 
+    def _take_over(self, store: DedupStore, due: list[tuple[OutboundRecord, Claim]], seen,
+                   publish: list) -> list[OutboundRecord]:
+        """Read back first: a holder that died after the broker's ack left its outcome."""
+        if not due:
+            return []
+        try:
+            published = self._read_back(min(claim.since or 0 for _, claim in due) - 60.0)
+        except (KafkaError, TimeoutError) as error:
+            LOG.warning("cannot read back published outcomes; not taking over yet",
+                        extra={"error": type(error).__name__})
+            return [record for record, _ in due]
+        still = []
+        for record, claim in due:
+            name = _identity(record)
+            if name in published:
+                store.mark_done([name], {name: self._fingerprints.get(name)})
+                self._skip(record)
+            elif store.take_over(claim, self._fingerprints.get(name)):
+                metrics.count("dedup", "taken_over")
+                seen.add(name)
+                self._mine.add(name)
+                publish.append(record)
+            else:
+                still.append(record)  # someone else moved first: look again
+        return still
+
+    def renew(self, records: list[OutboundRecord]) -> None:
+        """Keep our claims fresh while retrying; note those another worker took over."""
+        names = [_identity(r) for r in records if _identity(r) in self._mine]
+        try:
+            ours = store_for(self._settings).renew(
+                names, {name: self._fingerprints.get(name) for name in names})
+        except DedupUnavailable:
+            return  # cannot tell: keep sending (a duplicate, never a loss)
+        for name in set(names) - ours:
+            self._mine.discard(name)
+            self._taken.add(name)
+
+    def drop_taken(self, records: list[OutboundRecord]) -> list[OutboundRecord]:
+        """The records still ours to re-send; those taken over are settled, not re-sent
+        (their new holder read back the topics before publishing)."""
+        kept = []
+        for record in records:
+            name = _identity(record)
+            if name in self._taken:
+                self._taken.discard(name)
+                LOG.warning("claim taken over by another worker; not re-sending",
+                            extra={"event_id": record.event_id})
+                self._skip(record)
+            else:
+                kept.append(record)
+        return kept
+
     def _skip(self, record: OutboundRecord) -> None:
         metrics.count("dedup", "skipped")
         self._ledger.settle(record.source)
 
+    def abandon(self, records: list[OutboundRecord]) -> None:
+        names = [_identity(r) for r in records]
+        with contextlib.suppress(DedupUnavailable):
+            store_for(self._settings).abandon(names)
+        self._mine.difference_update(names)
+
     def done(self, acknowledged: list[OutboundRecord]) -> None:
         names = [name for name in map(_identity, acknowledged) if name in self._mine]
         try:
-            store_for(self._settings).mark_done(names)
+            store_for(self._settings).mark_done(
+                names, {name: self._fingerprints.get(name) for name in names})
         except DedupUnavailable as error:
             # The claims stay pending; the next start settles them from the topics.
             metrics.count("dedup", "unavailable", len(names))
             LOG.warning("could not mark outcomes done", extra={"records": len(names),
                                                                "error": str(error)})
         self._mine.difference_update(names)
+        for name in names:
+            self._fingerprints.pop(name, None)
+
+
+def _fingerprint(record: OutboundRecord) -> str | None:
+    """Only events named by an event_id carry one: a position identity cannot be reused."""
+    return event_fingerprint(record.source_payload) if record.event_id else None
 
 
 def _identity(record: OutboundRecord) -> str:
-    return identity(record.event_id, record.source)
+    return record.dedup_identity or identity(record.event_id, record.source)
 
 
 def _marked_unavailable(record: OutboundRecord) -> OutboundRecord:

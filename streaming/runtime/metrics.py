@@ -26,8 +26,8 @@ COUNTERS = {
     "publish_retries": ("Records re-sent after a retriable publishing error", None),
     "inference": ("Images scored, by outcome", "status"),
     "model": ("Model changes (swapped, refused versions, watch_error while polling)", "event"),
-    "dedup": ("Duplicate suppression (skipped, unavailable, taken_over, settled, released)",
-              "result"),
+    "dedup": ("Duplicate suppression (skipped, unavailable, taken_over, settled, released, "
+              "settle_failed, conflict)", "result"),
 }
 
 # name -> help (gauges carry no labels)

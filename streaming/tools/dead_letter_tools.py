@@ -79,6 +79,8 @@ REPLAY_RULES: dict[str, tuple[bool, str]] = {
                                                      "job does not read"),
     Reason.PAYLOAD_TOO_LARGE.value: (False, "the event itself is too large: the sender must "
                                             "send a smaller one"),
+    Reason.EVENT_ID_CONFLICT.value: (False, "the event reuses another event's event_id: the "
+                                            "sender must send it again with its own event_id"),
 }
 
 
