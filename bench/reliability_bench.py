@@ -7,6 +7,9 @@ In one run, on the embedded broker with a real Redis server:
 - outage: the broker frozen (SIGSTOP) for 30 s while events keep arriving; the job's
   CPU seconds during the outage and the time from the broker answering again to the
   first new finding;
+- retry: every third sink bundle fails after claiming and runs again in the same
+  process, as a runner retries it; takeover: the job SIGKILLs itself between the
+  broker's ack and marking its claims done, and a new worker takes them over;
 - hostile input: at least 1000 bad inputs across at least 12 classes, interleaved
   with good events, each expected to end as a dead letter with its reason;
 - PHI: canary values written into copies of real DICOM files; every output, log and
@@ -122,6 +125,24 @@ def hostile(bench: Bench, console: Console, count: int) -> dict:
     return report.to_dict()
 
 
+def retry(bench: Bench, console: Console, events: int) -> dict:
+    from scenarios.claims import run_retry_scenario  # noqa: PLC0415
+    console.print(f"retry: {events} events; every 3rd sink bundle fails after claiming and is "
+                  "run again in the same process (with Redis)")
+    topics = bench.topics("retry")
+    return run_retry_scenario(bench.kafka, topics, lambda env: bench.job(topics, env=env),
+                              bench.images, bench.workdir, events=events)
+
+
+def takeover(bench: Bench, console: Console, events: int) -> dict:
+    from scenarios.claims import run_takeover_scenario  # noqa: PLC0415
+    console.print(f"takeover: {events} events; the job SIGKILLs itself between the broker's "
+                  "ack and marking its claims done, a new worker takes over (with Redis)")
+    topics = bench.topics("takeover")
+    return run_takeover_scenario(bench.kafka, topics, lambda env: bench.job(topics, env=env),
+                                 bench.images, bench.workdir, events=events)
+
+
 def phi(bench: Bench, console: Console) -> dict:
     from scenarios.phi import metrics_page, run_phi_check  # noqa: PLC0415
     console.print("PHI: canaries in copies of real DICOM files, through the job")
@@ -140,6 +161,7 @@ def phi(bench: Bench, console: Console) -> dict:
 def summary(results: dict) -> dict:
     """The figures the issue asks for, across the scenarios."""
     scenarios = [results["crash"], results["outage"]]  # with Redis, as deployed
+    scenarios += [results[name] for name in ("retry", "takeover") if name in results]
     hostile_report = results.get("hostile", {})
     return {
         "events_sent": sum(s["events_sent"] for s in scenarios)
@@ -175,6 +197,12 @@ def report(console: Console, results: dict) -> None:
                   f"{outage_report['outage_cpu_s']:.2f}")
     table.add_row("re-published when every event is replayed, with Redis",
                   str(crash_report["replay"]["republished"]))
+    for name in ("retry", "takeover"):
+        if name in results:
+            scenario = results[name]
+            table.add_row(f"{name}: events sent / lost / duplicated",
+                          f"{scenario['events_sent']} / {scenario['lost']} / "
+                          f"{scenario['duplicated']}")
     if "crash_without_dedup" in results:
         without = results["crash_without_dedup"]
         table.add_row("without Redis: duplicated after the kills / re-published on replay",
@@ -191,6 +219,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--crash_events", type=int, default=400)
     parser.add_argument("--outage_s", type=float, default=30.0)
     parser.add_argument("--hostile", type=int, default=1200)
+    parser.add_argument("--claim_events", type=int, default=120,
+                        help="events in each of the retry and takeover scenarios")
     parser.add_argument("--skip", default="", help="comma-separated scenarios to skip")
     parser.add_argument("--output", default=str(RESULTS))
     args = parser.parse_args(argv)
@@ -208,6 +238,10 @@ def main(argv: list[str] | None = None) -> int:
         if "nodedup" not in skip:
             results["crash_without_dedup"] = crash(bench, console, args.crash_events, dedup=False)
         results["outage"] = outage(bench, console, args.outage_s)
+        if "retry" not in skip:
+            results["retry"] = retry(bench, console, args.claim_events)
+        if "takeover" not in skip:
+            results["takeover"] = takeover(bench, console, args.claim_events)
         if "hostile" not in skip:
             results["hostile"] = hostile(bench, console, args.hostile)
         if "phi" not in skip:

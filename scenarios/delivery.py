@@ -98,6 +98,22 @@ def run_crash_scenario(kafka: KafkaConfig, topics: Topics, start_job: Callable[[
     warm = stream_of(images, 3)
     stream = stream_of(images, events)
     waves = [stream[i::kills + 1] for i in range(kills + 1)]
+    started: list[LocalJob] = []
+
+    def start() -> LocalJob:
+        started.append(start_job())
+        return started[-1]
+
+    try:
+        return _crash_waves(kafka, topics, start, warm, stream, waves, rate_per_s)
+    except BaseException:
+        for job in started:
+            job.kill()  # never leave a job running behind a failed scenario
+        raise
+
+
+def _crash_waves(kafka, topics, start_job, warm, stream, waves, rate_per_s) -> DeliveryReport:
+    kills = len(waves) - 1
     job = start_job()
     recoveries = []
     with OutcomeLog(kafka, topics.findings, topics.dead_letters) as log:
