@@ -132,6 +132,17 @@ class SplitExamples:
     sources: list[str]
     sha256: list[str]
 
+    def role_keys(self, manifest: PreprocessingManifest) -> list[str]:
+        """Each example's role key (``batch_training.roles``), equal to what reading the
+        source directly gives: its labels CSV's group if named, else its content's sha256."""
+        from batch_training.datasets import labels_csv_groups  # noqa: PLC0415 - no cycle at import
+        from batch_training.roles import role_key  # noqa: PLC0415
+
+        groups = (labels_csv_groups(manifest.source, manifest.labels_csv)
+                  if manifest.labels_csv else {})
+        return [role_key(digest, groups.get(source)) for source, digest
+                in zip(self.sources, self.sha256)]
+
 
 def read_split(output_dir: str, split: str,
                manifest: PreprocessingManifest | None = None) -> SplitExamples:
@@ -195,4 +206,5 @@ def load_shards(output_dir: str) -> LabeledData:
         raise ValueError(f"{output_dir}: the train or validation split is empty "
                          f"({len(train.labels)} and {len(val.labels)} examples)")
     return LabeledData(train.images, train.labels, val.images, val.labels, manifest.classes,
-                       fingerprint=manifest.fingerprint, skipped=manifest.rejected)
+                       fingerprint=manifest.fingerprint, skipped=manifest.rejected,
+                       train_keys=tuple(train.role_keys(manifest)))
