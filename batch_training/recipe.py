@@ -16,38 +16,59 @@ from batch_training.datasets import fingerprint_source
 from batch_training.preprocess import run_preprocessing
 from batch_training.promotion import GateDecision, GatePolicy, gate
 from batch_training.train import TrainingConfig, train_and_register
-from streaming.modeling.registry import ModelRegistry
+from streaming.modeling.registry import REJECTED, ModelRegistry
 
 LOG = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)
 class DataCheck:
+    """The data's fingerprint against production's, and against rejected candidates'.
+
+    ``rejected_version``: a candidate trained on exactly this data and rejected by the
+    gate (its reason in ``rejected_reason``): retraining the same recipe on the same
+    data every night would only be rejected again.
+    """
     fingerprint: str
     production_version: str | None
     production_fingerprint: str | None
+    rejected_version: str | None = None
+    rejected_reason: str | None = None
 
     @property
     def unchanged(self) -> bool:
-        return self.production_fingerprint is not None and (
-            self.fingerprint == self.production_fingerprint)
+        return self.rejected_version is not None or (
+            self.production_fingerprint is not None
+            and self.fingerprint == self.production_fingerprint)
 
     def explain(self) -> str:
-        if self.unchanged:
+        if self.production_fingerprint is not None and (
+                self.fingerprint == self.production_fingerprint):
             return (f"the data fingerprint {self.fingerprint[:19]}... is the one production "
                     f"version {self.production_version} was trained on; nothing new to learn "
                     "from (set force to retrain anyway)")
+        if self.rejected_version is not None:
+            return (f"the data fingerprint {self.fingerprint[:19]}... is the one version "
+                    f"{self.rejected_version} was trained on, and the gate rejected it "
+                    f"({self.rejected_reason}); nothing new to learn from (set force to "
+                    "retrain anyway, e.g. after changing the recipe)")
         return f"new data fingerprint {self.fingerprint[:19]}..."
 
 
 def check_data(data: str, model_registry: str, model_name: str,
                labels_csv: str | None = None) -> DataCheck:
-    """Has the labeled data changed since the production model was trained?"""
+    """Has the labeled data changed since production, or a rejected candidate, was trained?"""
     registry = ModelRegistry(model_registry)
+    fingerprint = fingerprint_source(data, labels_csv)
     production = registry.production(model_name)
     trained_on = (registry.metadata(model_name, production).extra.get("data_fingerprint")
                   if production else None)
-    return DataCheck(fingerprint_source(data, labels_csv), production, trained_on)
+    for version in reversed(registry.versions(model_name)):
+        status = registry.status(model_name, version)
+        if status.get("state") == REJECTED and registry.metadata(
+                model_name, version).extra.get("data_fingerprint") == fingerprint:
+            return DataCheck(fingerprint, production, trained_on, version, status.get("reason"))
+    return DataCheck(fingerprint, production, trained_on)
 
 
 def preprocess(config: TrainingConfig, shards_dir: str, labels_csv: str | None = None) -> str:
@@ -105,6 +126,11 @@ def config_from_params(params: dict) -> TrainingConfig:
         batch_size=int(params.get("batch_size", 64)),
         augmentation=bool(params.get("augmentation", True)),
         target_sensitivity=float(params.get("target_sensitivity", 0.95)),
+        calibration_fraction=float(params.get("calibration_fraction", 0.15)),
+        holdout_fraction=float(params.get("holdout_fraction", 0.15)),
+        min_calibration_per_class=int(params.get("min_per_class", 30)),
+        urgent_specificity=(None if params.get("urgent_specificity") is None
+                            else float(params["urgent_specificity"])),
         seed=int(params.get("seed", 1234)),
         modalities=tuple(params.get("modalities", ["CR", "DX"])),
         body_parts=tuple(params.get("body_parts", ["CHEST"])),
@@ -113,6 +139,14 @@ def config_from_params(params: dict) -> TrainingConfig:
 
 
 def policy_from_params(params: dict) -> GatePolicy:
-    return GatePolicy(auc_tolerance=float(params.get("auc_tolerance", 0.01)),
-                      target_sensitivity=float(params.get("target_sensitivity", 0.95)),
-                      first_model_auc_floor=float(params.get("first_model_auc_floor", 0.80)))
+    """The gate's policy from a DAG run's params; ValueError for values it would refuse."""
+    defaults = GatePolicy()
+    return GatePolicy(
+        auc_tolerance=float(params.get("auc_tolerance", defaults.auc_tolerance)),
+        specificity_tolerance=float(params.get("specificity_tolerance",
+                                               defaults.specificity_tolerance)),
+        target_sensitivity=float(params.get("target_sensitivity", defaults.target_sensitivity)),
+        min_specificity=float(params.get("min_specificity", defaults.min_specificity)),
+        first_model_auc_floor=float(params.get("first_model_auc_floor",
+                                               defaults.first_model_auc_floor)),
+        min_per_class=int(params.get("min_per_class", defaults.min_per_class)))
