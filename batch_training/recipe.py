@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -69,6 +70,25 @@ def check_data(data: str, model_registry: str, model_name: str,
                 model_name, version).extra.get("data_fingerprint") == fingerprint:
             return DataCheck(fingerprint, production, trained_on, version, status.get("reason"))
     return DataCheck(fingerprint, production, trained_on)
+
+
+def run_folder(work_dir: str, run_id: str) -> Path:
+    """The folder one run keeps its shards in, under the shared ``work_dir``.
+
+    Every task of a run may execute on another worker, so ``work_dir`` must be shared
+    storage (a network file system) that all of them mount at the same path.
+    """
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in run_id)
+    return Path(work_dir) / safe
+
+
+def remove_run_folder(work_dir: str, run_id: str) -> bool:
+    """Delete a run's folder (its shards); True if there was one. Safe to repeat."""
+    folder = run_folder(work_dir, run_id)
+    if not folder.is_dir():
+        return False
+    shutil.rmtree(folder)
+    return True
 
 
 def preprocess(config: TrainingConfig, shards_dir: str, labels_csv: str | None = None) -> str:

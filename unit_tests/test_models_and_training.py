@@ -487,3 +487,16 @@ def test_saved_model_export_serves_the_same_probabilities(trained):
     outputs = exported.signatures["serving_default"](tf.constant(batch))
     np.testing.assert_allclose(np.asarray(next(iter(outputs.values()))), loaded.predict(batch),
                                atol=1e-5)
+
+
+def test_each_run_keeps_its_shards_in_its_own_folder_and_removal_is_repeatable(tmp_path):
+    from batch_training.recipe import remove_run_folder, run_folder  # noqa: PLC0415
+    first = run_folder(str(tmp_path), "scheduled__2026-12-01T00:00:00+00:00")
+    second = run_folder(str(tmp_path), "manual__2026-12-01T03:00:00+00:00")
+    assert first != second and first.parent == second.parent == tmp_path
+    (first / "shards").mkdir(parents=True)
+    (first / "shards" / "train-00000-of-00001.tfrecord").write_bytes(b"x")
+    second.mkdir()
+    assert remove_run_folder(str(tmp_path), "scheduled__2026-12-01T00:00:00+00:00")
+    assert not first.exists() and second.exists()
+    assert not remove_run_folder(str(tmp_path), "scheduled__2026-12-01T00:00:00+00:00")
