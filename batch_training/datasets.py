@@ -493,6 +493,49 @@ def labels_csv_groups(source: str | Path, labels_csv: str | Path) -> dict[str, s
             in _labels_csv_rows(str(labels_csv), str(source)) if group}
 
 
+def source_groups(source: str | Path, labels_csv: str | Path | None,
+                  keys: Iterable[str]) -> dict[str, str]:
+    """{file key: group} for files of a folder or labels-CSV source: the CSV's group
+    where it names one, else the patient or study a DICOM file's header names."""
+    named = labels_csv_groups(source, labels_csv) if labels_csv else {}
+    locations = ({key: location for key, location, *_ in
+                  _labels_csv_rows(str(labels_csv), str(source))} if labels_csv else {})
+    groups = {}
+    for key in keys:
+        if key in named:
+            groups[key] = named[key]
+            continue
+        location = locations.get(key) or _resolve(key, str(source))
+        try:
+            # The header is at the front; 1 MiB holds it for any real file.
+            group = dicom_group(_read_location(location, 1 << 20))
+        except OSError:
+            group = None
+        if group:
+            groups[key] = group
+    return groups
+
+
+def dicom_group(data: bytes) -> str | None:
+    """The patient (PatientID), else the study (StudyInstanceUID), a DICOM file belongs to,
+    as a digest: the identity itself is never kept, logged or written. None for a file
+    that is not DICOM or names neither."""
+    import pydicom  # noqa: PLC0415 - only sources with files need it
+
+    from streaming.logs import silence_phi_sources  # noqa: PLC0415
+    silence_phi_sources()  # header values must not reach a log through pydicom's warnings
+    try:
+        header = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True, force=False,
+                                 specific_tags=["PatientID", "StudyInstanceUID"])
+    except Exception:  # noqa: BLE001 - not DICOM, or a header too broken to group by
+        return None
+    for kind, keyword in (("patient", "PatientID"), ("study", "StudyInstanceUID")):
+        value = str(header.get(keyword, "") or "").strip()
+        if value:
+            return f"dicom-{kind}:{hashlib.sha256(value.encode('utf-8')).hexdigest()}"
+    return None
+
+
 def _labels_csv_rows(labels_csv: str, source: str) -> list[tuple[str, str, str, str, str]]:
     """(key, location, label, declared split or "", group or "") per row, in file order."""
     try:
@@ -584,7 +627,7 @@ def _decode_files(files: Sequence[LabeledFile], spec: PreprocessingSpec,
             continue
         x[len(y)] = preprocess(decoded.pixels, spec)
         y.append(file.label)
-        keys.append(role_key(hashlib.sha256(data).hexdigest(), file.group))
+        keys.append(role_key(hashlib.sha256(data).hexdigest(), file.group or dicom_group(data)))
         read.append(file)
     return x[:len(y)], np.asarray(y, dtype=np.int64), tuple(keys), read
 

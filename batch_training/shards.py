@@ -134,12 +134,13 @@ class SplitExamples:
 
     def role_keys(self, manifest: PreprocessingManifest) -> list[str]:
         """Each example's role key (``batch_training.roles``), equal to what reading the
-        source directly gives: its labels CSV's group if named, else its content's sha256."""
-        from batch_training.datasets import labels_csv_groups  # noqa: PLC0415 - no cycle at import
+        source directly gives: its group (the labels CSV's, else the patient or study its
+        DICOM header names) if any, else its content's sha256."""
+        from batch_training.datasets import source_groups  # noqa: PLC0415 - no cycle at import
         from batch_training.roles import role_key  # noqa: PLC0415
 
-        groups = (labels_csv_groups(manifest.source, manifest.labels_csv)
-                  if manifest.labels_csv else {})
+        files = [source for source in self.sources if not source.startswith("npz:")]
+        groups = (source_groups(manifest.source, manifest.labels_csv, files) if files else {})
         return [role_key(digest, groups.get(source)) for source, digest
                 in zip(self.sources, self.sha256)]
 

@@ -42,7 +42,8 @@ from sklearn.utils.class_weight import compute_class_weight
 
 from batch_training.datasets import LabeledData, load_labeled_data
 from batch_training.evaluation import (EvaluationResult, evaluate_scores, operating_threshold,
-                                       threshold_for_specificity, write_report)
+                                       sensitivity_lower_bound, threshold_for_specificity,
+                                       write_report)
 from batch_training.models import INPUT_NAME, build_model
 from batch_training.roles import CALIBRATION, FIT, HOLDOUT, DataRoles, too_few
 from streaming.imaging.preprocessing import PreprocessingSpec
@@ -69,9 +70,10 @@ class TrainingConfig:
     (by role key, see ``batch_training.roles``) that set the thresholds and that the
     promotion gate judges on; neither is fitted on. ``calibration_fraction`` 0 keeps
     ``threshold`` and ``urgent_threshold`` as given. The threshold is the highest
-    reaching ``target_sensitivity + sensitivity_margin`` on the calibration images: the
-    gate asks the lower confidence bound of sensitivity on the holdout to reach the
-    target, and the margin (0.03) buys that back. ``urgent_threshold`` is set where
+    reaching ``target_sensitivity + sensitivity_margin`` on the calibration images, and
+    more if needed for the exact lower confidence bound of that sensitivity to reach
+    the target (``fitted_sensitivity``): the gate asks the same bound of the holdout,
+    and the margin (0.03) buys that back on large splits, the bound on small ones. ``urgent_threshold`` is set where
     ``urgent_specificity`` of the calibration negatives score below it (None keeps
     the configured one); it is never below the threshold.
     ``min_calibration_per_class``: with fewer positive or other calibration images
@@ -205,6 +207,7 @@ class Calibration:
     urgent_threshold: float | None = None
     urgent: dict | None = None
     too_few: str | None = None
+    fitted: float | None = None
 
 
 def train_and_register(config: TrainingConfig, progress: bool = True) -> ModelMetadata:
@@ -409,13 +412,14 @@ def calibrate(model: keras.Model, splits: TrainingSplits, positive_index: int,
         logger.warning("%s: the thresholds will not mean much and the gate will refuse this "
                        "version", problem)
     scores = predict_positive(model, splits.calibration_x, positive_index)
-    threshold = operating_threshold(labels, scores, config.calibration_target)
+    fitted = fitted_sensitivity(int(labels.sum()), config)
+    threshold = operating_threshold(labels, scores, fitted)
     result = evaluate_scores(labels, scores, threshold, positive_class)
     logger.info("threshold %.4f reaches sensitivity %.4f (fitted to %.3f for a target of %.2f) "
-                "on %d calibration images", threshold, result.sensitivity,
-                config.calibration_target, config.target_sensitivity, result.n)
+                "on %d calibration images", threshold, result.sensitivity, fitted,
+                config.target_sensitivity, result.n)
     if config.urgent_specificity is None:
-        return Calibration(threshold, result, too_few=problem)
+        return Calibration(threshold, result, too_few=problem, fitted=fitted)
     negatives = int((labels == 0).sum())
     needed = math.ceil(URGENT_NEGATIVES_ABOVE / (1.0 - config.urgent_specificity) - 1e-9)
     if negatives < needed:
@@ -423,7 +427,7 @@ def calibrate(model: keras.Model, splits: TrainingSplits, positive_index: int,
                   f"{config.urgent_specificity} needs at least {needed}, so the configured "
                   f"urgent threshold {config.urgent_threshold} is kept")
         logger.warning(reason)
-        return Calibration(threshold, result, urgent={
+        return Calibration(threshold, result, fitted=fitted, urgent={
             "split": CALIBRATION, "target_specificity": config.urgent_specificity,
             "threshold": None, "negatives": negatives, "min_negatives": needed,
             "reason": reason}, too_few=problem)
@@ -436,7 +440,21 @@ def calibrate(model: keras.Model, splits: TrainingSplits, positive_index: int,
         "split": CALIBRATION, "target_specificity": config.urgent_specificity,
         "threshold": urgent, "specificity": urgent_result.specificity,
         "sensitivity": urgent_result.sensitivity, "negatives": negatives,
-        "min_negatives": needed}, too_few=problem)
+        "min_negatives": needed}, too_few=problem, fitted=fitted)
+
+
+def fitted_sensitivity(positives: int, config: TrainingConfig) -> float:
+    """The calibration sensitivity the threshold is fitted to: target plus margin, raised
+    until its exact lower confidence bound (the one the gate applies) reaches the target.
+
+    On a large calibration split the margin decides; on a small one the bound does, so
+    a threshold read off few positives is set more cautiously rather than by luck.
+    """
+    required = config.calibration_target
+    for found in range(math.ceil(required * positives - 1e-9), positives + 1):
+        if sensitivity_lower_bound(found, positives) >= config.target_sensitivity:
+            return max(required, found / positives)
+    return 1.0
 
 
 def holdout_result(model: keras.Model, splits: TrainingSplits, positive_index: int,
@@ -462,7 +480,7 @@ def training_metrics(validation: EvaluationResult, calibration: Calibration,
             "validation": validation.to_dict(),
             "calibration": None if calibration.result is None else {
                 **calibration.result.to_dict(),
-                "fitted_sensitivity": config.calibration_target,
+                "fitted_sensitivity": calibration.fitted,
                 "min_per_class": config.min_calibration_per_class,
                 "too_few": calibration.too_few,
                 "urgent": calibration.urgent},

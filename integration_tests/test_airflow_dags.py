@@ -74,7 +74,7 @@ def test_nightly_retrain_promotes_while_the_job_serves_then_skips_unchanged_data
     conf = {"data": str(phantom_npz), "model_registry": str(registry_copy),
             "model_name": DEMO_MODEL, "input_size": "64x64", "epochs": 8, "batch_size": 32,
             "augmentation": False, "min_per_class": 15, "holdout_fraction": 0.3,
-            "target_sensitivity": 0.85,
+            "target_sensitivity": 0.8,
             "class_names": list(phantoms.PHANTOM_CLASSES), "work_dir": str(tmp_path / "work"),
             "force": False}
 

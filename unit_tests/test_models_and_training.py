@@ -333,6 +333,27 @@ def test_labels_csv_groups_set_the_role_keys_and_the_validation_split(tmp_path):
     assert all(key.startswith("group:p") for key in data.train_keys)
 
 
+def test_dicom_images_of_one_patient_share_a_role_key_that_hides_the_patient(tmp_path):
+    rng = np.random.default_rng(2)
+    for split in ("train", "validation"):
+        for label in phantoms.PHANTOM_CLASSES:
+            (tmp_path / split / label).mkdir(parents=True)
+            for index in range(3):
+                phantoms.write_dicom(
+                    tmp_path / split / label / f"{index}.dcm",
+                    phantoms.render_chest_phantom(rng, 32, lesion=label == "lesion"),
+                    modality="CR", study_uid=f"2.25.{index + 7}", series_uid="2.25.99",
+                    sop_uid=f"2.25.{index + 7}.{label == 'lesion':d}",
+                    patient_id=f"MRN-{index}")
+    data = datasets.load_labeled_data(tmp_path, PreprocessingSpec(32, 32, 1))
+    # Patient MRN-0 has a normal and a lesion image in train: one key for both.
+    assert len(set(data.train_keys)) == 3 and len(data.train_keys) == 6
+    assert all(key.startswith("group:dicom-patient:") for key in data.train_keys)
+    assert not any("MRN" in key for key in data.train_keys)
+    split = datasets.load_split(tmp_path, PreprocessingSpec(32, 32, 1), "train")
+    assert sorted(split.keys) == sorted(data.train_keys)
+
+
 def test_an_empty_fitting_share_is_refused():
     with pytest.raises(ValueError, match="fitting"):
         DataRoles(calibration_fraction=0.45, holdout_fraction=0.45)
@@ -341,6 +362,23 @@ def test_an_empty_fitting_share_is_refused():
 def test_threshold_is_fitted_to_the_target_plus_the_margin_at_most_one():
     config = TrainingConfig(data="x.npz", model_registry="r")
     assert config.calibration_target == pytest.approx(0.98)
+
+
+@pytest.mark.parametrize("positives, expected", [
+    (2000, 0.98),        # many positives: the margin decides
+    (100, 0.99),         # fewer: 99 of 100 is the least whose exact 95% bound >= 0.95
+    (40, 1.0),           # too few for any bound to reach 0.95: every positive
+])
+def test_fitted_sensitivity_rises_until_its_lower_bound_reaches_the_target(positives, expected):
+    from batch_training.evaluation import sensitivity_lower_bound  # noqa: PLC0415
+    from batch_training.train import fitted_sensitivity  # noqa: PLC0415
+    config = TrainingConfig(data="x.npz", model_registry="r")
+    fitted = fitted_sensitivity(positives, config)
+    assert fitted == pytest.approx(expected, abs=1e-9)
+    if fitted < 1.0:
+        found = round(fitted * positives)
+        assert sensitivity_lower_bound(found, positives) >= 0.95
+        assert fitted == 0.98 or sensitivity_lower_bound(found - 1, positives) < 0.95
     exact = dataclasses.replace(config, target_sensitivity=0.99, sensitivity_margin=0.05)
     assert exact.calibration_target == 1.0
 
@@ -412,9 +450,10 @@ def test_threshold_is_calibrated_on_held_out_training_images(trained):
     assert record.threshold == calibration["threshold"] == metrics["validation"]["threshold"]
     assert 0.0 < record.threshold < 1.0
     assert metrics["target_sensitivity"] == 0.95
-    # Fitted with the margin, so that unseen images reach the target too.
-    assert calibration["fitted_sensitivity"] == pytest.approx(0.98)
-    assert calibration["sensitivity"] >= 0.98
+    # Fitted with the margin, and on so few positives higher still, so that the
+    # lower confidence bound reaches the target (see fitted_sensitivity).
+    assert calibration["fitted_sensitivity"] >= 0.98
+    assert calibration["sensitivity"] >= calibration["fitted_sensitivity"]
     assert calibration["too_few"] is None and calibration["min_per_class"] == 15
     # Roles: fitting, calibration and the gate's holdout share the 320 training
     # phantoms; early stopping has the validation split to itself.
