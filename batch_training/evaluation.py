@@ -240,7 +240,7 @@ def positive_scores(loaded: LoadedModel, images: np.ndarray, batch_size: int = 2
 
 # -- a registered version on a data split ------------------------------------------------
 
-def _names_for_unnamed_npz(data: str | Path, model_classes: Sequence[str]):
+def names_for_unnamed_npz(data: str | Path, model_classes: Sequence[str]):
     """The model's classes for an npz that stores no class names, else None.
 
     Such a file's labels are indices into whatever names training was given, which
@@ -296,7 +296,7 @@ def evaluate_loaded(loaded: LoadedModel, data: str, split: str = "val", *,
     """
     metadata = loaded.metadata
     if class_names is None and labels_csv is None:
-        class_names = _names_for_unnamed_npz(data, metadata.classes)
+        class_names = names_for_unnamed_npz(data, metadata.classes)
     labeled = datasets.load_split(data, metadata.preprocessing, split, class_names,
                                   labels_csv=labels_csv)
     labels = binary_labels(labeled, metadata.classes, metadata.positive_class)

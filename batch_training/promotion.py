@@ -40,7 +40,7 @@ from pathlib import Path
 import numpy as np
 
 from batch_training import datasets
-from batch_training.evaluation import (_names_for_unnamed_npz, binary_labels, evaluate_scores,
+from batch_training.evaluation import (binary_labels, evaluate_scores, names_for_unnamed_npz,
                                        paired_auc_difference_bound,
                                        paired_specificity_difference_bound, positive_scores,
                                        sensitivity_lower_bound)
@@ -274,7 +274,7 @@ def judged_images(metadata: ModelMetadata, roles: DataRoles | None, data: str, s
     """The images the gate judges on, preprocessed for ``metadata``'s model: the
     ``roles``' holdout of the training split, or the whole of another named split."""
     if class_names is None and labels_csv is None:
-        class_names = _names_for_unnamed_npz(data, metadata.classes)
+        class_names = names_for_unnamed_npz(data, metadata.classes)
     if split != HOLDOUT:
         return datasets.load_split(data, metadata.preprocessing, split, class_names,
                                    labels_csv=labels_csv)

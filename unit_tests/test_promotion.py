@@ -8,6 +8,7 @@ run real models from a real registry.
 
 from __future__ import annotations
 
+import itertools
 import json
 
 import numpy as np
@@ -143,7 +144,7 @@ def test_a_chain_of_slightly_worse_candidates_cannot_drift_below_the_reference(l
              for i in range(8)]
     auc = {m.version: decide(labels, m, [], policy)[2]["auc"] for m in chain}
     assert all(decide(labels, later, [earlier], policy)[0]
-               for earlier, later in zip(chain, chain[1:])), "each step is within tolerance"
+               for earlier, later in itertools.pairwise(chain)), "each step is within tolerance"
     assert auc[chain[-1].version] < auc["1"] - 2 * policy.auc_tolerance  # the slide
 
     production, reference, promoted_versions = chain[0], chain[0], []
