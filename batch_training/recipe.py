@@ -8,6 +8,7 @@ returns plain values (paths, versions, dicts) so Airflow can pass them between t
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import shutil
 import tempfile
@@ -98,10 +99,28 @@ def preprocess(config: TrainingConfig, shards_dir: str, labels_csv: str | None =
     return shards_dir
 
 
-def train(config: TrainingConfig, shards_dir: str, progress: bool = True) -> str:
-    """Train on the shards and register the result as a candidate; returns its version."""
+CANDIDATE_MARKER = "candidate.json"
+
+
+def train(config: TrainingConfig, shards_dir: str, progress: bool = True,
+          marker: str | None = None) -> str:
+    """Train on the shards and register the result as a candidate; returns its version.
+
+    ``marker``: a file recording the version this run registered. When it names a
+    registered version already (a retry after registering), that version is returned
+    and nothing is trained again, so retries leave no stray candidates behind.
+    """
+    registry = ModelRegistry(config.model_registry)
+    if marker and Path(marker).is_file():
+        version = json.loads(Path(marker).read_text())["version"]
+        if version in registry.versions(config.model_name):
+            LOG.info("version %s was registered by an earlier attempt of this run", version)
+            return version
     record = train_and_register(dataclasses.replace(config, data=shards_dir, promote="never"),
                                 progress=progress)
+    if marker:
+        Path(marker).parent.mkdir(parents=True, exist_ok=True)
+        Path(marker).write_text(json.dumps({"version": record.version}))
     return record.version
 
 

@@ -4,10 +4,10 @@ Thin by design: every task calls batch_training.recipe, the same code `medimg tr
 runs, and nothing heavy is imported at module level (the scheduler parses this file
 constantly). A running streaming job picks up a promoted version by itself.
 
-Retries: every task may run again. Preprocessing rewrites its run's shards;
-``gate_and_promote`` finds a decision already recorded (the pointer moved, the
-status written) and does nothing twice. A retried ``train`` registers a new
-candidate version; the one left behind stays a candidate and is never served.
+Retries: every task may run again. Preprocessing rewrites its run's shards; a
+retried ``train`` returns the version an earlier attempt registered (recorded in the
+run's folder) instead of registering another; ``gate_and_promote`` finds a decision
+already recorded (the pointer moved, the status written) and does nothing twice.
 ``work_dir`` is shared storage that every worker mounts at the same path: the shards
 of one run live in ``<work_dir>/<run id>/`` and ``remove_shards`` deletes them once
 the run is over, whatever its outcome.
@@ -103,9 +103,13 @@ def nightly_retrain():
 
     @task(execution_timeout=TRAIN_TIMEOUT)
     def train(shards_dir: str) -> str:
-        from batch_training.recipe import config_from_params, train  # noqa: PLC0415
-        return train(config_from_params(get_current_context()["params"]), shards_dir,
-                     progress=False)
+        from batch_training.recipe import (CANDIDATE_MARKER, config_from_params,  # noqa: PLC0415
+                                           run_folder, train)
+        context = get_current_context()
+        params = context["params"]
+        marker = run_folder(params["work_dir"], context["run_id"]) / CANDIDATE_MARKER
+        return train(config_from_params(params), shards_dir, progress=False,
+                     marker=str(marker))
 
     @task(execution_timeout=EVALUATE_TIMEOUT)
     def evaluate(version: str) -> dict:

@@ -539,3 +539,17 @@ def test_each_run_keeps_its_shards_in_its_own_folder_and_removal_is_repeatable(t
     assert remove_run_folder(str(tmp_path), "scheduled__2026-12-01T00:00:00+00:00")
     assert not first.exists() and second.exists()
     assert not remove_run_folder(str(tmp_path), "scheduled__2026-12-01T00:00:00+00:00")
+
+
+def test_a_retried_training_task_returns_the_version_it_registered(tmp_path):
+    from batch_training.recipe import train  # noqa: PLC0415
+    data = phantoms.write_phantom_npz(tmp_path / "tiny.npz", n_train=48, n_val=16, size=64,
+                                      seed=2)
+    config = TrainingConfig(data=str(data), model_registry=str(tmp_path / "registry"),
+                            model_name=MODEL_NAME, epochs=1, batch_size=16,
+                            augmentation=False, calibration_fraction=0.0)
+    marker = tmp_path / "run" / "candidate.json"
+    first = train(config, str(data), progress=False, marker=str(marker))
+    assert train(config, str(data), progress=False, marker=str(marker)) == first
+    assert ModelRegistry(config.model_registry).versions(MODEL_NAME) == [first]
+    assert json.loads(marker.read_text()) == {"version": first}

@@ -179,6 +179,26 @@ def judged_npz(tmp_path):
     return path
 
 
+@pytest.fixture
+def judged_dicom_folder(tmp_path):
+    """train/ and validation/ folders of RLE MONOCHROME1 chest DICOMs, one patient each:
+    the decoder's inversion and RLE paths run on both sides of the skew check."""
+    rng = np.random.default_rng(8)
+    root = tmp_path / "dicom"
+    for split, count in (("train", 40), ("validation", 6)):
+        for label in ("normal", "pneumonia"):
+            (root / split / label).mkdir(parents=True)
+            for index in range(count):
+                uid = f"2.25.{len(split)}{index}{label == 'pneumonia':d}"
+                phantoms.write_dicom(
+                    root / split / label / f"{index}.dcm",
+                    phantoms.render_chest_phantom(rng, 48, lesion=label == "pneumonia"),
+                    modality="CR", study_uid=uid, series_uid=f"{uid}.1", sop_uid=f"{uid}.1.1",
+                    transfer_syntax="rle", photometric="MONOCHROME1",
+                    patient_id=f"P-{split}-{label}-{index}")
+    return root
+
+
 ROLES = DataRoles(calibration_fraction=0.1, holdout_fraction=0.4).to_dict()
 SMALL = GatePolicy(min_per_class=5, bootstrap_resamples=200, serving_samples=4)
 
@@ -194,11 +214,13 @@ def test_a_model_the_serving_loader_refuses_is_rejected(tmp_path, judged_npz):
     assert registry.production(MODEL_NAME) is None
 
 
-def test_skew_between_the_training_and_the_job_loader_is_caught(tmp_path, judged_npz,
+@pytest.mark.parametrize("source", ["judged_npz", "judged_dicom_folder"])
+def test_skew_between_the_training_and_the_job_loader_is_caught(tmp_path, source, request,
                                                                 monkeypatch):
+    data = request.getfixturevalue(source)
     registry = ModelRegistry(str(tmp_path / "registry"))
     register(registry, tmp_path / "s1", build_small_model(seed=4), data_roles=ROLES)
-    clean = judge(registry.root, MODEL_NAME, "1", str(judged_npz), SMALL)
+    clean = judge(registry.root, MODEL_NAME, "1", str(data), SMALL)
     assert "serving path" not in clean.reason and clean.candidate["n"] >= 10
 
     # A training-side decoder that forgets a step (here: inverts what it reads) is the
@@ -211,7 +233,7 @@ def test_skew_between_the_training_and_the_job_loader_is_caught(tmp_path, judged
         return decoded
 
     monkeypatch.setattr(datasets, "decode_image_bytes", skewed)
-    decision = judge(registry.root, MODEL_NAME, "1", str(judged_npz), SMALL)
+    decision = judge(registry.root, MODEL_NAME, "1", str(data), SMALL)
     assert not decision.promoted and decision.reason.startswith("serving path")
     assert "skew" in decision.reason
 
