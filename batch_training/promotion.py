@@ -34,6 +34,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import posixpath
 import tempfile
 from pathlib import Path
 
@@ -221,8 +222,7 @@ def check_serving_path(registry: ModelRegistry, name: str, version: str, loaded:
     column = metadata.classes.index(metadata.positive_class)
     trained = loaded.predict(np.stack(training_inputs))[:, column]
     served_model = load_model(registry, name, version)  # fresh, as a job would load it
-    policy = AccessPolicy(allowed_roots=tuple(sorted({os.path.dirname(os.path.realpath(p))
-                                                      for p in files})))
+    policy = AccessPolicy(allowed_roots=tuple(sorted({_folder(path) for path in files})))
     modality = (metadata.applicability.modalities or ("OT",))[0]
     body_part = (metadata.applicability.body_parts or (None,))[0]
     batch = []
@@ -246,12 +246,19 @@ def check_serving_path(registry: ModelRegistry, name: str, version: str, loaded:
                                f"(tolerance {tolerance}): training/serving skew")
 
 
+def _folder(location: str) -> str:
+    """The folder (local, symlinks resolved) or prefix (gs://.../) holding a file."""
+    if datasets.is_uri(location):
+        return posixpath.dirname(location) + "/"
+    return os.path.dirname(os.path.realpath(location))
+
+
 def serving_sample_files(judged: datasets.LabeledSplit, spec, count: int,
                          folder: Path) -> list[str]:
     """Up to ``count`` judged images as files: their own files where the source has them,
     else (array sources) written as 8-bit DICOM, the format modalities send."""
     if judged.locations is not None:
-        return [p for p in judged.locations if not datasets.is_uri(p)][:count]
+        return list(judged.locations[:count])
     from streaming.demo.phantoms import write_dicom  # noqa: PLC0415 - pydicom writer
 
     display = judged.images[:count] * np.asarray(spec.std, np.float32) + np.asarray(
