@@ -39,6 +39,7 @@ from batch_training.labeled import (CSV_SPLITS, PREPROCESSED_FORMAT, PREPROCESSE
                                     DEFAULT_VALIDATION_FRACTION, TEST_SPLIT, TRAIN_SPLIT,
                                     VALIDATION_SPLITS, LabeledData,
                                     LabeledFile)
+from batch_training.roles import array_sha256, role_key
 from streaming.contracts.reasons import Reason
 
 logger = logging.getLogger(__name__)
@@ -76,7 +77,6 @@ def load_labeled_data(source: str | Path, spec: PreprocessingSpec,
         return load_npz(source, spec, class_names=class_names)
     if is_preprocessed_output(source):
         _check_preprocessed_spec(source, spec)
-        from batch_training.shards import load_shards  # noqa: PLC0415 - Beam, TF, tfx-bsl
 
         return _checked_classes(load_shards(source), class_names, source)
     if source.is_dir():
@@ -90,10 +90,24 @@ def load_labeled_data(source: str | Path, spec: PreprocessingSpec,
 
 @dataclasses.dataclass(eq=False)
 class LabeledSplit:
-    """One split of a dataset, preprocessed: images (N, H, W, C), labels (N,) into ``classes``."""
+    """One split of a dataset, preprocessed: images (N, H, W, C), labels (N,) into ``classes``.
+
+    ``keys``: each image's role key (``batch_training.roles``). ``locations``: the file
+    each image was read from (None for array rows: an npz or shards).
+    """
     images: np.ndarray
     labels: np.ndarray
     classes: tuple[str, ...]
+    keys: tuple[str, ...] = ()
+    locations: tuple[str, ...] | None = None
+
+    def subset(self, rows: np.ndarray) -> "LabeledSplit":
+        """The images where ``rows`` (a boolean mask) is true, in order."""
+        rows = np.asarray(rows, dtype=bool)
+        keys = tuple(k for k, keep in zip(self.keys, rows) if keep)
+        locations = (None if self.locations is None
+                     else tuple(p for p, keep in zip(self.locations, rows) if keep))
+        return LabeledSplit(self.images[rows], self.labels[rows], self.classes, keys, locations)
 
 
 def load_split(source: str | Path, spec: PreprocessingSpec, split: str,
@@ -120,7 +134,8 @@ def load_split(source: str | Path, spec: PreprocessingSpec, split: str,
                              f"{split}_labels); its splits are: {', '.join(available.sizes)}")
         images, labels = read_npz_split(source, name)
         return LabeledSplit(_preprocess_array(images, spec, f"{source}:{name}"), labels,
-                            available.classes)
+                            available.classes, tuple(role_key(array_sha256(row))
+                                                     for row in images))
     source = Path(source)
     if is_preprocessed_output(source):
         _check_preprocessed_spec(source, spec)
@@ -129,7 +144,8 @@ def load_split(source: str | Path, spec: PreprocessingSpec, split: str,
         manifest = PreprocessingManifest.from_dir(str(source))
         name = next((n for n in wanted if n in manifest.counts), wanted[0])
         examples = read_split(str(source), name, manifest)
-        return LabeledSplit(examples.images, examples.labels, tuple(manifest.classes))
+        return LabeledSplit(examples.images, examples.labels, tuple(manifest.classes),
+                            tuple(shard_role_keys(examples, manifest)))
     if not source.is_dir():
         raise ValueError(f"data {source} is neither an .npz file nor a folder; pass a "
                          "MedMNIST-style npz (<split>_images, <split>_labels), a folder laid "
@@ -153,12 +169,12 @@ def load_split(source: str | Path, spec: PreprocessingSpec, split: str,
 def _decode_split(listing: LabeledFiles, files: Sequence[LabeledFile], spec: PreprocessingSpec,
                   limits: ImageLimits, where: str) -> LabeledSplit:
     skipped = collections.Counter()
-    images, labels = _decode_files(files, spec, limits, skipped)
+    images, labels, keys, read = _decode_files(files, spec, limits, skipped)
     if skipped:
         logger.warning("skipped %d unreadable image files in %s", sum(skipped.values()), where)
     if not len(images):
         raise ValueError(f"{where}: no readable images")
-    return LabeledSplit(images, labels, listing.classes)
+    return LabeledSplit(images, labels, listing.classes, keys, tuple(f.location for f in read))
 
 
 def fingerprint_source(source: str | Path, labels_csv: str | Path | None = None) -> str:
@@ -254,12 +270,14 @@ def load_npz(path: str | Path, spec: PreprocessingSpec,
                                path)
         train_x = _preprocess_array(arrays[f"{train_split}_images"], spec, f"{path}:{train_split}")
         val_x = _preprocess_array(arrays[f"{val_split}_images"], spec, f"{path}:{val_split}")
+        train_keys = tuple(role_key(array_sha256(row)) for row in arrays[f"{train_split}_images"])
     for name, x, y in (("train", train_x, train_y), ("val", val_x, val_y)):
         if len(x) != len(y):
             raise ValueError(f"{path}: {name} has {len(x)} images but {len(y)} labels")
     # The whole file's sha256, so the fingerprint of a published dataset is its checksum.
     return LabeledData(train_x, train_y, val_x, val_y, classes,
-                       fingerprint=f"sha256:{_file_sha256(path).hexdigest()}")
+                       fingerprint=f"sha256:{_file_sha256(path).hexdigest()}",
+                       train_keys=train_keys)
 
 
 def _labels(labels: np.ndarray, where: str) -> np.ndarray:
@@ -440,7 +458,9 @@ def list_labels_csv(source: str | Path, labels_csv: str | Path,
     The CSV (local or a URI) has a header and the columns ``path``, ``label`` and
     optionally ``split``. ``path``: relative to the CSV's folder, or absolute (a URI
     too). ``label``: a class name; classes are ``class_names`` (which fixes their
-    order) or the sorted labels found. ``split``: train, validation (or val) or test;
+    order) or the sorted labels found. ``group`` (optional): the patient or study the
+    image belongs to; a group's images share their split and their role (see
+    ``batch_training.roles``), and the fingerprint covers the groups named. ``split``: train, validation (or val) or test;
     rows without one go to validation with probability ``validation_fraction``, by a
     hash of their key, so the same file always lands in the same split. Keys are
     paths relative to ``source`` (the folder of the images). The fingerprint covers
@@ -451,7 +471,7 @@ def list_labels_csv(source: str | Path, labels_csv: str | Path,
         raise ValueError(f"validation_fraction must be in [0, 1), got {validation_fraction}")
     labels_csv = str(labels_csv)
     rows = _labels_csv_rows(labels_csv, str(source))
-    found = sorted({label for _key, _location, label, _split in rows})
+    found = sorted({row[2] for row in rows})
     classes = tuple(class_names) if class_names is not None else tuple(found)
     unknown = sorted(set(found) - set(classes))
     if unknown:
@@ -460,13 +480,63 @@ def list_labels_csv(source: str | Path, labels_csv: str | Path,
     if len(classes) < 2:
         raise ValueError(f"{labels_csv} needs at least two classes, found {list(classes)}")
     files = tuple(LabeledFile(location, key, classes.index(label),
-                              split or _hashed_split(key, validation_fraction))
-                  for key, location, label, split in rows)
+                              split or _hashed_split(group or key, validation_fraction),
+                              group or None)
+                  for key, location, label, split, group in rows)
     return LabeledFiles(classes, files, _fingerprint_rows(rows))
 
 
-def _labels_csv_rows(labels_csv: str, source: str) -> list[tuple[str, str, str, str]]:
-    """(key, location, label, declared split or "") per row, in file order."""
+def labels_csv_groups(source: str | Path, labels_csv: str | Path) -> dict[str, str]:
+    """{file key: group} for the rows of a labels CSV that name a group; reads the CSV only."""
+    return {key: group for key, _location, _label, _split, group
+            in _labels_csv_rows(str(labels_csv), str(source)) if group}
+
+
+def source_groups(source: str | Path, labels_csv: str | Path | None,
+                  keys: Iterable[str]) -> dict[str, str]:
+    """{file key: group} for files of a folder or labels-CSV source: the CSV's group
+    where it names one, else the patient or study a DICOM file's header names."""
+    named = labels_csv_groups(source, labels_csv) if labels_csv else {}
+    locations = ({key: location for key, location, *_ in
+                  _labels_csv_rows(str(labels_csv), str(source))} if labels_csv else {})
+    groups = {}
+    for key in keys:
+        if key in named:
+            groups[key] = named[key]
+            continue
+        location = locations.get(key) or _resolve(key, str(source))
+        try:
+            # The header is at the front; 1 MiB holds it for any real file.
+            group = dicom_group(_read_location(location, 1 << 20))
+        except OSError:
+            group = None
+        if group:
+            groups[key] = group
+    return groups
+
+
+def dicom_group(data: bytes) -> str | None:
+    """The patient (PatientID), else the study (StudyInstanceUID), a DICOM file belongs to,
+    as a digest: the identity itself is never kept, logged or written. None for a file
+    that is not DICOM or names neither."""
+    import pydicom  # noqa: PLC0415 - only sources with files need it
+
+    from streaming.runtime.logs import silence_phi_sources  # noqa: PLC0415
+    silence_phi_sources()  # header values must not reach a log through pydicom's warnings
+    try:
+        header = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True, force=False,
+                                 specific_tags=["PatientID", "StudyInstanceUID"])
+    except Exception:  # noqa: BLE001 - not DICOM, or a header too broken to group by
+        return None
+    for kind, keyword in (("patient", "PatientID"), ("study", "StudyInstanceUID")):
+        value = str(header.get(keyword, "") or "").strip()
+        if value:
+            return f"dicom-{kind}:{hashlib.sha256(value.encode('utf-8')).hexdigest()}"
+    return None
+
+
+def _labels_csv_rows(labels_csv: str, source: str) -> list[tuple[str, str, str, str, str]]:
+    """(key, location, label, declared split or "", group or "") per row, in file order."""
     try:
         text = _read_location(labels_csv).decode("utf-8-sig")
     except (OSError, UnicodeDecodeError) as error:
@@ -493,7 +563,8 @@ def _labels_csv_rows(labels_csv: str, source: str) -> list[tuple[str, str, str, 
         if key in seen:
             raise ValueError(f"{labels_csv} line {line} names the same file as line {seen[key]}")
         seen[key] = line
-        rows.append((key, location, label, CSV_SPLITS.get(declared, "")))
+        group = (row.get("group") or "").strip()
+        rows.append((key, location, label, CSV_SPLITS.get(declared, ""), group))
     if not rows:
         raise ValueError(f"{labels_csv} lists no files")
     return rows
@@ -505,10 +576,12 @@ def _hashed_split(key: str, validation_fraction: float) -> str:
     return "validation" if draw < validation_fraction else TRAIN_SPLIT
 
 
-def _fingerprint_rows(rows: Sequence[tuple[str, str, str, str]]) -> str:
+def _fingerprint_rows(rows: Sequence[tuple[str, str, str, str, str]]) -> str:
     digest = hashlib.sha256()
-    for key, location, label, split in sorted(rows):
-        digest.update("\0".join((key, label, split)).encode("utf-8") + b"\0")
+    for key, location, label, split, group in sorted(rows):
+        # A group is hashed only when named, so CSVs without groups keep their fingerprints.
+        fields = (key, label, split, group) if group else (key, label, split)
+        digest.update("\0".join(fields).encode("utf-8") + b"\0")
         digest.update(_location_digest(location))
     return f"sha256:{digest.hexdigest()}"
 
@@ -522,34 +595,40 @@ def _load_listed(listing: LabeledFiles, spec: PreprocessingSpec, limits: ImageLi
     if len(val_splits) > 1:
         raise ValueError(f"{where} has both validation and val files; use one name")
     skipped = collections.Counter()
-    train_x, train_y = _decode_files(listing.split(TRAIN_SPLIT), spec, limits, skipped)
-    val_x, val_y = _decode_files(listing.split(next(iter(val_splits), "validation")), spec,
-                                 limits, skipped)
+    train_x, train_y, train_keys, _ = _decode_files(listing.split(TRAIN_SPLIT), spec, limits,
+                                                    skipped)
+    val_x, val_y, _, _ = _decode_files(listing.split(next(iter(val_splits), "validation")),
+                                       spec, limits, skipped)
     if skipped:
         logger.warning("skipped %d unreadable image files under %s (%s)", sum(skipped.values()),
                        where, ", ".join(f"{n} {reason}" for reason, n in skipped.most_common()))
     if not len(train_x) or not len(val_x):
         raise ValueError(f"{where}: no readable images in the train or validation split")
     return LabeledData(train_x, train_y, val_x, val_y, listing.classes,
-                       fingerprint=listing.fingerprint, skipped=sum(skipped.values()))
+                       fingerprint=listing.fingerprint, skipped=sum(skipped.values()),
+                       train_keys=train_keys)
 
 
 def _decode_files(files: Sequence[LabeledFile], spec: PreprocessingSpec,
                   limits: ImageLimits, skipped: collections.Counter):
-    """Decode and preprocess each file; returns (x, y). Failures are counted in ``skipped``."""
+    """Decode and preprocess each file; returns (x, y, role keys, the files read).
+
+    Failures are counted in ``skipped``."""
     x = np.empty((len(files), *spec.input_shape), dtype=np.float32)
-    y = []
+    y, keys, read = [], [], []
     for file in files:
         try:
-            decoded = decode_input(read_input_bytes(file.location, limits.max_file_bytes),
-                                   file.location, limits)
+            data = read_input_bytes(file.location, limits.max_file_bytes)
+            decoded = decode_input(data, file.location, limits)
         except ImageRejected as rejection:
             logger.debug("skipping %s: %s", file.key, rejection.message)
             skipped[str(rejection.reason.value)] += 1
             continue
         x[len(y)] = preprocess(decoded.pixels, spec)
         y.append(file.label)
-    return x[:len(y)], np.asarray(y, dtype=np.int64)
+        keys.append(role_key(hashlib.sha256(data).hexdigest(), file.group or dicom_group(data)))
+        read.append(file)
+    return x[:len(y)], np.asarray(y, dtype=np.int64), tuple(keys), read
 
 
 def decode_input(data: bytes, location: str, limits: ImageLimits) -> DecodedImage:
@@ -663,3 +742,32 @@ def fingerprint_files(root: str | Path, paths: Iterable[str | Path]) -> str:
         digest.update(relative.encode("utf-8") + b"\0")
         digest.update(_file_sha256(root / relative).digest())
     return f"sha256:{digest.hexdigest()}"
+
+
+def shard_role_keys(examples, manifest) -> list[str]:
+    """Each example's role key (``batch_training.roles``), equal to what reading the
+    source directly gives: its group (the labels CSV's, else the patient or study its
+    DICOM header names) if any, else its content's sha256."""
+    files = [source for source in examples.sources if not source.startswith("npz:")]
+    groups = source_groups(manifest.source, manifest.labels_csv, files) if files else {}
+    return [role_key(digest, groups.get(source)) for source, digest
+            in zip(examples.sources, examples.sha256)]
+
+
+def load_shards(output_dir: str) -> LabeledData:
+    """A preprocessing output folder -> ``LabeledData`` (train, and validation or val).
+
+    Arrays are bit for bit what ``preprocess`` produced, sorted by source; the
+    fingerprint is the source's (from the manifest); ``skipped`` the rejected files.
+    """
+    from batch_training.shards import PreprocessingManifest, read_split  # noqa: PLC0415 - TF
+
+    manifest = PreprocessingManifest.from_dir(str(output_dir))
+    train = read_split(output_dir, TRAIN_SPLIT, manifest)
+    val = read_split(output_dir, manifest.validation_split(), manifest)
+    if not len(train.labels) or not len(val.labels):
+        raise ValueError(f"{output_dir}: the train or validation split is empty "
+                         f"({len(train.labels)} and {len(val.labels)} examples)")
+    return LabeledData(train.images, train.labels, val.images, val.labels, manifest.classes,
+                       fingerprint=manifest.fingerprint, skipped=manifest.rejected,
+                       train_keys=tuple(shard_role_keys(train, manifest)))

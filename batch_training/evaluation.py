@@ -2,6 +2,11 @@
 
 - ``operating_threshold``: the decision threshold for a target sensitivity, chosen on
   calibration data (a triage tool must not miss disease, so sensitivity is fixed first).
+- ``threshold_for_specificity``: the lowest threshold that keeps a target share of
+  negatives below it (the urgent threshold's operating point).
+- ``sensitivity_lower_bound``, ``paired_auc_difference_bound``,
+  ``paired_specificity_difference_bound``: one-sided confidence bounds the promotion
+  gate decides on (scipy's exact binomial interval and paired bootstrap).
 - ``evaluate_scores``: AUC, accuracy at 0.5 (the published benchmarks' convention) and
   sensitivity, specificity and accuracy at the operating threshold.
 - ``evaluate_version``: a registered version on a data split, fed through the version's
@@ -25,6 +30,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 from matplotlib.figure import Figure
+from scipy import stats
 from sklearn.calibration import calibration_curve
 from sklearn.metrics import ConfusionMatrixDisplay, confusion_matrix, roc_auc_score, roc_curve
 
@@ -115,6 +121,91 @@ def operating_threshold(labels, positive_scores,
     return float(thresholds[first_reaching])
 
 
+def threshold_for_specificity(labels, positive_scores, target_specificity: float) -> float:
+    """The lowest threshold whose specificity on this (calibration) data reaches the target.
+
+    Specificity at t is the share of negatives scoring below t. The answer is one of
+    the scores (or 1.0 when only a threshold above every score would do), so a
+    positive finding at or above it is as rare among negatives as the target says.
+    """
+    if not 0.0 < target_specificity < 1.0:
+        raise ValueError(f"target_specificity must be in (0, 1), got {target_specificity}")
+    labels, scores = _binary_inputs(labels, positive_scores)
+    fpr, _, thresholds = roc_curve(labels, scores, drop_intermediate=False)
+    # thresholds decrease and fpr grows with them; the last one within the budget is lowest.
+    within = np.flatnonzero(fpr <= 1.0 - target_specificity + 1e-12)
+    return float(min(1.0, thresholds[within[-1]]))
+
+
+def sensitivity_lower_bound(true_positives: int, positives: int,
+                            confidence: float = 0.95) -> float:
+    """One-sided lower confidence bound of a sensitivity of ``true_positives / positives``.
+
+    Clopper-Pearson (exact): conservative, the usual choice for a diagnostic claim.
+    The lower end of a two-sided interval at ``2 * confidence - 1`` is the one-sided bound.
+    """
+    if positives < 1:
+        raise ValueError("no positive images: sensitivity is undefined")
+    interval = stats.binomtest(int(true_positives), int(positives)).proportion_ci(
+        confidence_level=2 * confidence - 1, method="exact")
+    return float(interval.low)
+
+
+def _auc_by_ranks(labels: np.ndarray, scores: np.ndarray, axis: int = -1) -> np.ndarray:
+    """ROC AUC along ``axis`` (the Mann-Whitney U over n1 * n0; ties count one half),
+    equal to ``roc_auc_score`` and vectorized over bootstrap resamples."""
+    labels = np.asarray(labels, dtype=np.float64)
+    ranks = stats.rankdata(scores, axis=axis)
+    positives = labels.sum(axis=axis)
+    negatives = labels.shape[axis] - positives
+    rank_sum = (ranks * labels).sum(axis=axis)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return (rank_sum - positives * (positives + 1) / 2) / (positives * negatives)
+
+
+def paired_auc_difference_bound(labels, candidate_scores, reference_scores, *,
+                                confidence: float = 0.95, resamples: int = 2000,
+                                seed: int = 0) -> tuple[float, float]:
+    """(AUC difference candidate - reference, its one-sided lower confidence bound).
+
+    Paired bootstrap (scipy.stats.bootstrap, ``paired=True``): both models' scores of
+    the same images are resampled together, so what the images have in common cancels.
+    """
+    labels, candidate = _binary_inputs(labels, candidate_scores)
+    _, reference = _binary_inputs(labels, reference_scores)
+
+    def difference(y, a, b, axis=-1):
+        return _auc_by_ranks(y, a, axis) - _auc_by_ranks(y, b, axis)
+
+    observed = float(difference(labels, candidate, reference))
+    result = stats.bootstrap((labels, candidate, reference), difference, paired=True,
+                             vectorized=True, n_resamples=resamples, confidence_level=confidence,
+                             alternative="greater", method="percentile",
+                             random_state=np.random.default_rng(seed))
+    return observed, float(result.confidence_interval.low)
+
+
+def paired_specificity_difference_bound(labels, candidate_scores, candidate_threshold: float,
+                                        reference_scores, reference_threshold: float, *,
+                                        confidence: float = 0.95, resamples: int = 2000,
+                                        seed: int = 0) -> tuple[float, float]:
+    """(specificity difference candidate - reference, each at its own threshold, and its
+    one-sided lower confidence bound), by a paired bootstrap over the same negatives."""
+    labels, candidate = _binary_inputs(labels, candidate_scores)
+    _, reference = _binary_inputs(labels, reference_scores)
+    negatives = labels == 0
+    # Per negative image: +1 only the candidate clears it, -1 only the reference does.
+    change = ((candidate[negatives] < candidate_threshold).astype(np.float64)
+              - (reference[negatives] < reference_threshold).astype(np.float64))
+    observed = float(change.mean())
+    if np.all(change == change[0]):
+        return observed, observed  # no spread to resample: the difference is exact
+    result = stats.bootstrap((change,), np.mean, vectorized=True, n_resamples=resamples,
+                             confidence_level=confidence, alternative="greater",
+                             method="percentile", random_state=np.random.default_rng(seed))
+    return observed, float(result.confidence_interval.low)
+
+
 def evaluate_scores(labels, positive_scores, threshold: float,
                     positive_class: str) -> EvaluationResult:
     """Metrics of ``positive_scores`` against ``labels`` (1 = ``positive_class``).
@@ -149,7 +240,7 @@ def positive_scores(loaded: LoadedModel, images: np.ndarray, batch_size: int = 2
 
 # -- a registered version on a data split ------------------------------------------------
 
-def _names_for_unnamed_npz(data: str | Path, model_classes: Sequence[str]):
+def names_for_unnamed_npz(data: str | Path, model_classes: Sequence[str]):
     """The model's classes for an npz that stores no class names, else None.
 
     Such a file's labels are indices into whatever names training was given, which
@@ -205,7 +296,7 @@ def evaluate_loaded(loaded: LoadedModel, data: str, split: str = "val", *,
     """
     metadata = loaded.metadata
     if class_names is None and labels_csv is None:
-        class_names = _names_for_unnamed_npz(data, metadata.classes)
+        class_names = names_for_unnamed_npz(data, metadata.classes)
     labeled = datasets.load_split(data, metadata.preprocessing, split, class_names,
                                   labels_csv=labels_csv)
     labels = binary_labels(labeled, metadata.classes, metadata.positive_class)

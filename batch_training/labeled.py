@@ -31,7 +31,9 @@ class LabeledData:
     ``train_x`` / ``val_x``: float32 (N, height, width, channels), the model's input.
     ``train_y`` / ``val_y``: int64 (N,), indices into ``classes``.
     ``fingerprint``: "sha256:<hex>" over the input bytes. ``skipped``: files that
-    could not be decoded and were left out (always 0 for an npz).
+    could not be decoded and were left out (always 0 for an npz). ``train_keys``: each
+    training image's role key (``batch_training.roles.role_key``), which decides
+    whether it fits, calibrates or is held out for the gate.
     """
     train_x: np.ndarray
     train_y: np.ndarray
@@ -40,6 +42,7 @@ class LabeledData:
     classes: tuple[str, ...]
     fingerprint: str
     skipped: int = 0
+    train_keys: tuple[str, ...] | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,9 +53,12 @@ class LabeledFile:
     ``key``: its name in fingerprints, shards and rejections: the path relative to
     the source folder (posix), or the location itself for a file outside it.
     ``label``: index into the listing's classes. ``split``: train, validation
-    (or val, as the folder names it) or test.
+    (or val, as the folder names it) or test. ``group``: the patient or study the
+    image belongs to (a labels CSV's ``group`` column), so that no group is split
+    between fitting and judging; None when the source names none.
     """
     location: str
     key: str
     label: int
     split: str
+    group: str | None = None

@@ -61,10 +61,12 @@ from apache_beam.runners.runner import PipelineState
 from tfx_bsl.coders.example_coder import RecordBatchToExamplesEncoder
 
 from batch_training import datasets
+from batch_training.datasets import load_shards  # noqa: F401 - callers read shards from here
 from batch_training.labeled import TRAIN_SPLIT, VALIDATION_SPLITS, LabeledFile
+from batch_training.roles import array_sha256
 from batch_training.shards import (FEATURES, PREPROCESSED_MANIFEST, REJECTED_FILE, SCHEMA_FILE,  # noqa: F401
                                    SHARD_SUFFIX, _SHARD_NAME, PreprocessingManifest, SplitExamples,
-                                   example_schema, load_shards, read_split)
+                                   example_schema, read_split)
 from streaming.runtime import logs
 from streaming.imaging.preprocessing import PreprocessingSpec, preprocess
 from streaming.imaging.types import ImageLimits, ImageRejected
@@ -179,8 +181,7 @@ def preprocess_array_rows(chunk: ArrayChunk, images: np.ndarray, labels: np.ndar
             for index, row, pixels in zip(range(chunk.start, chunk.stop), rows, inputs)]
 
 
-def _array_sha256(row: np.ndarray) -> str:
-    return hashlib.sha256(np.ascontiguousarray(row).tobytes()).hexdigest()
+_array_sha256 = array_sha256  # one definition: the role keys the gate computes depend on it
 
 
 def examples_record_batch(images: Sequence[PreprocessedImage]) -> pa.RecordBatch:

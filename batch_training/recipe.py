@@ -8,7 +8,9 @@ returns plain values (paths, versions, dicts) so Airflow can pass them between t
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -16,38 +18,78 @@ from batch_training.datasets import fingerprint_source
 from batch_training.preprocess import run_preprocessing
 from batch_training.promotion import GateDecision, GatePolicy, gate
 from batch_training.train import TrainingConfig, train_and_register
-from streaming.modeling.registry import ModelRegistry
+from streaming.modeling.registry import REJECTED, ModelRegistry
 
 LOG = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)
 class DataCheck:
+    """The data's fingerprint against production's, and against rejected candidates'.
+
+    ``rejected_version``: a candidate trained on exactly this data and rejected by the
+    gate (its reason in ``rejected_reason``): retraining the same recipe on the same
+    data every night would only be rejected again.
+    """
     fingerprint: str
     production_version: str | None
     production_fingerprint: str | None
+    rejected_version: str | None = None
+    rejected_reason: str | None = None
 
     @property
     def unchanged(self) -> bool:
-        return self.production_fingerprint is not None and (
-            self.fingerprint == self.production_fingerprint)
+        return self.rejected_version is not None or (
+            self.production_fingerprint is not None
+            and self.fingerprint == self.production_fingerprint)
 
     def explain(self) -> str:
-        if self.unchanged:
+        if self.production_fingerprint is not None and (
+                self.fingerprint == self.production_fingerprint):
             return (f"the data fingerprint {self.fingerprint[:19]}... is the one production "
                     f"version {self.production_version} was trained on; nothing new to learn "
                     "from (set force to retrain anyway)")
+        if self.rejected_version is not None:
+            return (f"the data fingerprint {self.fingerprint[:19]}... is the one version "
+                    f"{self.rejected_version} was trained on, and the gate rejected it "
+                    f"({self.rejected_reason}); nothing new to learn from (set force to "
+                    "retrain anyway, e.g. after changing the recipe)")
         return f"new data fingerprint {self.fingerprint[:19]}..."
 
 
 def check_data(data: str, model_registry: str, model_name: str,
                labels_csv: str | None = None) -> DataCheck:
-    """Has the labeled data changed since the production model was trained?"""
+    """Has the labeled data changed since production, or a rejected candidate, was trained?"""
     registry = ModelRegistry(model_registry)
+    fingerprint = fingerprint_source(data, labels_csv)
     production = registry.production(model_name)
     trained_on = (registry.metadata(model_name, production).extra.get("data_fingerprint")
                   if production else None)
-    return DataCheck(fingerprint_source(data, labels_csv), production, trained_on)
+    for version in reversed(registry.versions(model_name)):
+        status = registry.status(model_name, version)
+        if status.get("state") == REJECTED and registry.metadata(
+                model_name, version).extra.get("data_fingerprint") == fingerprint:
+            return DataCheck(fingerprint, production, trained_on, version, status.get("reason"))
+    return DataCheck(fingerprint, production, trained_on)
+
+
+def run_folder(work_dir: str, run_id: str) -> Path:
+    """The folder one run keeps its shards in, under the shared ``work_dir``.
+
+    Every task of a run may execute on another worker, so ``work_dir`` must be shared
+    storage (a network file system) that all of them mount at the same path.
+    """
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in run_id)
+    return Path(work_dir) / safe
+
+
+def remove_run_folder(work_dir: str, run_id: str) -> bool:
+    """Delete a run's folder (its shards); True if there was one. Safe to repeat."""
+    folder = run_folder(work_dir, run_id)
+    if not folder.is_dir():
+        return False
+    shutil.rmtree(folder)
+    return True
 
 
 def preprocess(config: TrainingConfig, shards_dir: str, labels_csv: str | None = None) -> str:
@@ -57,10 +99,28 @@ def preprocess(config: TrainingConfig, shards_dir: str, labels_csv: str | None =
     return shards_dir
 
 
-def train(config: TrainingConfig, shards_dir: str, progress: bool = True) -> str:
-    """Train on the shards and register the result as a candidate; returns its version."""
+CANDIDATE_MARKER = "candidate.json"
+
+
+def train(config: TrainingConfig, shards_dir: str, progress: bool = True,
+          marker: str | None = None) -> str:
+    """Train on the shards and register the result as a candidate; returns its version.
+
+    ``marker``: a file recording the version this run registered. When it names a
+    registered version already (a retry after registering), that version is returned
+    and nothing is trained again, so retries leave no stray candidates behind.
+    """
+    registry = ModelRegistry(config.model_registry)
+    if marker and Path(marker).is_file():
+        version = json.loads(Path(marker).read_text())["version"]
+        if version in registry.versions(config.model_name):
+            LOG.info("version %s was registered by an earlier attempt of this run", version)
+            return version
     record = train_and_register(dataclasses.replace(config, data=shards_dir, promote="never"),
                                 progress=progress)
+    if marker:
+        Path(marker).parent.mkdir(parents=True, exist_ok=True)
+        Path(marker).write_text(json.dumps({"version": record.version}))
     return record.version
 
 
@@ -105,6 +165,11 @@ def config_from_params(params: dict) -> TrainingConfig:
         batch_size=int(params.get("batch_size", 64)),
         augmentation=bool(params.get("augmentation", True)),
         target_sensitivity=float(params.get("target_sensitivity", 0.95)),
+        calibration_fraction=float(params.get("calibration_fraction", 0.15)),
+        holdout_fraction=float(params.get("holdout_fraction", 0.15)),
+        min_calibration_per_class=int(params.get("min_per_class", 30)),
+        urgent_specificity=(None if params.get("urgent_specificity") is None
+                            else float(params["urgent_specificity"])),
         seed=int(params.get("seed", 1234)),
         modalities=tuple(params.get("modalities", ["CR", "DX"])),
         body_parts=tuple(params.get("body_parts", ["CHEST"])),
@@ -113,6 +178,14 @@ def config_from_params(params: dict) -> TrainingConfig:
 
 
 def policy_from_params(params: dict) -> GatePolicy:
-    return GatePolicy(auc_tolerance=float(params.get("auc_tolerance", 0.01)),
-                      target_sensitivity=float(params.get("target_sensitivity", 0.95)),
-                      first_model_auc_floor=float(params.get("first_model_auc_floor", 0.80)))
+    """The gate's policy from a DAG run's params; ValueError for values it would refuse."""
+    defaults = GatePolicy()
+    return GatePolicy(
+        auc_tolerance=float(params.get("auc_tolerance", defaults.auc_tolerance)),
+        specificity_tolerance=float(params.get("specificity_tolerance",
+                                               defaults.specificity_tolerance)),
+        target_sensitivity=float(params.get("target_sensitivity", defaults.target_sensitivity)),
+        min_specificity=float(params.get("min_specificity", defaults.min_specificity)),
+        first_model_auc_floor=float(params.get("first_model_auc_floor",
+                                               defaults.first_model_auc_floor)),
+        min_per_class=int(params.get("min_per_class", defaults.min_per_class)))

@@ -1,7 +1,7 @@
 """The preprocessed-examples format: its manifest, its tf.Example schema, and reading it back.
 
-``batch_training.preprocess`` writes these folders; training, evaluation and
-``datasets`` read them through here (TFXIO), so reading never imports the writer.
+``batch_training.preprocess`` writes these folders; ``datasets`` reads them through
+here (TFXIO) for training and evaluation, so reading never imports the writer.
 """
 
 from __future__ import annotations
@@ -16,8 +16,7 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from tensorflow_metadata.proto.v0 import schema_pb2
 
-from batch_training.labeled import (PREPROCESSED_FORMAT, PREPROCESSED_MANIFEST, TRAIN_SPLIT,
-                                    VALIDATION_SPLITS, LabeledData)
+from batch_training.labeled import PREPROCESSED_FORMAT, PREPROCESSED_MANIFEST, VALIDATION_SPLITS
 from streaming.imaging.preprocessing import PreprocessingSpec
 
 MANIFEST_SCHEMA_VERSION = 1
@@ -180,19 +179,3 @@ def _check_shapes(batch: pa.RecordBatch, spec: PreprocessingSpec, output_dir: st
 def _natural_key(source: str) -> tuple:
     """'npz:train:10' after 'npz:train:9': digit runs compare as numbers."""
     return tuple(int(part) if part.isdigit() else part for part in re.split(r"(\d+)", source))
-
-
-def load_shards(output_dir: str) -> LabeledData:
-    """A preprocessing output folder -> ``LabeledData`` (train, and validation or val).
-
-    Arrays are bit for bit what ``preprocess`` produced, sorted by source; the
-    fingerprint is the source's (from the manifest); ``skipped`` the rejected files.
-    """
-    manifest = PreprocessingManifest.from_dir(str(output_dir))
-    train = read_split(output_dir, TRAIN_SPLIT, manifest)
-    val = read_split(output_dir, manifest.validation_split(), manifest)
-    if not len(train.labels) or not len(val.labels):
-        raise ValueError(f"{output_dir}: the train or validation split is empty "
-                         f"({len(train.labels)} and {len(val.labels)} examples)")
-    return LabeledData(train.images, train.labels, val.images, val.labels, manifest.classes,
-                       fingerprint=manifest.fingerprint, skipped=manifest.rejected)

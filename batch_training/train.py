@@ -3,12 +3,15 @@
 ``train_and_register(TrainingConfig(...))`` is the recipe ``medimg train`` runs:
 
 1. load the data through the serving path's decoding and preprocessing;
-2. carve a stratified calibration split from the training data (never from validation);
-3. fit a Keras model on the rest, with augmentation (training only), balanced class
-   weights, a cosine learning-rate schedule and early stopping on validation AUC;
-4. choose the operating threshold on the calibration split for a target sensitivity
-   (a triage tool must not miss disease), with a small margin so that new images
-   reach the target too, and measure validation at 0.5 and at that threshold;
+2. divide the training split by role (``batch_training.roles``): fitting, threshold
+   calibration, and the gate's holdout; the validation split only stops training;
+3. fit a Keras model on the fitting images, with augmentation (training only), a
+   cosine learning-rate schedule and early stopping on validation AUC; no class
+   weights, so scores stay probabilities the thresholds can be read on;
+4. on the calibration split, choose the operating threshold for a target sensitivity
+   (a triage tool must not miss disease), with a margin so that new images reach the
+   target too, and the urgent threshold for a target specificity; refuse when that
+   split holds too few images of a class for either to mean anything;
 5. register the version: ``model.keras``, ``architecture.json`` + ``model.weights.h5``,
    a TensorFlow SavedModel (``saved_model.pb`` + ``variables/``, the layout TF Serving
    loads from ``<registry>/<name>/<N>/``), ``history.json``, the evaluation report
@@ -35,13 +38,14 @@ from typing import Sequence
 
 import keras
 import numpy as np
-from sklearn.model_selection import train_test_split
 from sklearn.utils.class_weight import compute_class_weight
 
 from batch_training.datasets import LabeledData, load_labeled_data
 from batch_training.evaluation import (EvaluationResult, evaluate_scores, operating_threshold,
+                                       sensitivity_lower_bound, threshold_for_specificity,
                                        write_report)
 from batch_training.models import INPUT_NAME, build_model
+from batch_training.roles import CALIBRATION, FIT, HOLDOUT, DataRoles, too_few
 from streaming.imaging.preprocessing import PreprocessingSpec
 from streaming.modeling.metadata import Applicability, ModelMetadata, utc_now
 from streaming.modeling.registry import MODEL_FILE, ModelRegistry
@@ -62,13 +66,25 @@ class TrainingConfig:
 
     ``data``: an .npz file or a train/validation folder (see ``batch_training.datasets``).
     ``positive_class``: the finding the model reports; default the last class.
-    ``calibration_fraction``: share of the training images held out (stratified, seeded)
-    to choose the threshold; 0 keeps ``threshold`` as given. The threshold is the
-    highest reaching ``target_sensitivity + sensitivity_margin`` on those images: a
-    threshold fitted to exactly the target reaches it on new images only about half
-    the time, and the margin (0.02) buys that back. ``urgent_threshold`` is raised to
-    the chosen threshold if below it.
-    ``class_weighting``: weight classes inversely to their frequency ("balanced").
+    ``calibration_fraction`` / ``holdout_fraction``: shares of the training images
+    (by role key, see ``batch_training.roles``) that set the thresholds and that the
+    promotion gate judges on; neither is fitted on. ``calibration_fraction`` 0 keeps
+    ``threshold`` and ``urgent_threshold`` as given. The threshold is the highest
+    reaching ``target_sensitivity + sensitivity_margin`` on the calibration images, and
+    more if needed for the exact lower confidence bound of that sensitivity to reach
+    the target (``fitted_sensitivity``): the gate asks the same bound of the holdout,
+    and the margin (0.03) buys that back on large splits, the bound on small ones. ``urgent_threshold`` is set where
+    ``urgent_specificity`` of the calibration negatives score below it (None keeps
+    the configured one); it is never below the threshold.
+    ``min_calibration_per_class``: with fewer positive or other calibration images
+    than this (30) a threshold read off them is noise: it is still set, but the
+    metadata says so (``metrics.calibration.too_few``) and the promotion gate refuses
+    to judge the version. The urgent threshold needs at least
+    5 / (1 - ``urgent_specificity``) calibration negatives (100 at 0.95), so that about
+    5 of them lie above it; with fewer the configured one is kept and the metadata
+    says why (``metrics.calibration.urgent``).
+    ``class_weighting``: weight classes inversely to their frequency ("balanced"). Off
+    by default: weights bend the probabilities thresholds are read on.
     ``augmentation``: random rotation (up to ``rotation_degrees``), translation and
     zoom (fractions of the size), contrast, and optionally a horizontal flip (off by
     default: anatomy is lateralized); never a vertical flip. Training only.
@@ -90,16 +106,19 @@ class TrainingConfig:
     learning_rate: float = 1e-3
     learning_rate_schedule: str = "cosine"
     early_stopping_patience: int = 10
-    class_weighting: bool = True
+    class_weighting: bool = False
     augmentation: bool = True
     rotation_degrees: float = 15.0
     translation: float = 0.15
     zoom: float = 0.15
     contrast: float = 0.3
     horizontal_flip: bool = False
-    calibration_fraction: float = 0.1
+    calibration_fraction: float = 0.15
+    holdout_fraction: float = 0.15
+    min_calibration_per_class: int = 30
     target_sensitivity: float = 0.95
-    sensitivity_margin: float = 0.02
+    sensitivity_margin: float = 0.03
+    urgent_specificity: float | None = 0.95
     seed: int = 1234
     modalities: tuple[str, ...] = ("CR", "DX")
     body_parts: tuple[str, ...] = ("CHEST",)
@@ -125,6 +144,15 @@ class TrainingConfig:
         if not 0.0 <= self.calibration_fraction < 0.5:
             raise ValueError("calibration_fraction must be in [0, 0.5), got "
                              f"{self.calibration_fraction}")
+        if not 0.0 <= self.holdout_fraction < 0.5:
+            raise ValueError(f"holdout_fraction must be in [0, 0.5), got {self.holdout_fraction}")
+        self.data_roles  # noqa: B018 - refuses fractions that leave too little to fit on
+        if self.min_calibration_per_class < 1:
+            raise ValueError("min_calibration_per_class must be at least 1, got "
+                             f"{self.min_calibration_per_class}")
+        if self.urgent_specificity is not None and not 0.0 < self.urgent_specificity < 1.0:
+            raise ValueError(f"urgent_specificity must be in (0, 1) or None, got "
+                             f"{self.urgent_specificity}")
         if not 0.0 < self.target_sensitivity <= 1.0:
             raise ValueError(f"target_sensitivity must be in (0, 1], got "
                              f"{self.target_sensitivity}")
@@ -138,6 +166,10 @@ class TrainingConfig:
         return min(1.0, self.target_sensitivity + self.sensitivity_margin)
 
     @property
+    def data_roles(self) -> DataRoles:
+        return DataRoles(self.calibration_fraction, self.holdout_fraction)
+
+    @property
     def preprocessing(self) -> PreprocessingSpec:
         return PreprocessingSpec(self.height, self.width, self.channels,
                                  tuple(self.mean), tuple(self.std))
@@ -149,23 +181,33 @@ class TrainingConfig:
 
 @dataclasses.dataclass(eq=False)
 class TrainingSplits:
-    """The training images split for fitting and for choosing the threshold.
+    """The training images by role (``batch_training.roles``).
 
-    ``fit_x``/``fit_y``: what the model learns from; ``calibration_x``/``calibration_y``:
-    held out from training to choose the operating threshold (empty when
-    ``calibration_fraction`` is 0). Labels index ``LabeledData.classes``.
+    ``fit_*``: what the model learns from; ``calibration_*``: chooses the thresholds;
+    ``holdout_*``: kept for the promotion gate (training only reports on it). Empty
+    when their fraction is 0. Labels index ``LabeledData.classes``.
     """
     fit_x: np.ndarray
     fit_y: np.ndarray
     calibration_x: np.ndarray
     calibration_y: np.ndarray
+    holdout_x: np.ndarray = None
+    holdout_y: np.ndarray = None
+
+    def __post_init__(self):
+        if self.holdout_x is None:
+            self.holdout_x, self.holdout_y = self.fit_x[:0], self.fit_y[:0]
 
 
 @dataclasses.dataclass(frozen=True)
 class Calibration:
-    """The operating threshold and how it was chosen (None: the configured one)."""
+    """The operating and urgent thresholds and how they were chosen (None: configured)."""
     threshold: float
     result: EvaluationResult | None
+    urgent_threshold: float | None = None
+    urgent: dict | None = None
+    too_few: str | None = None
+    fitted: float | None = None
 
 
 def train_and_register(config: TrainingConfig, progress: bool = True) -> ModelMetadata:
@@ -173,12 +215,11 @@ def train_and_register(config: TrainingConfig, progress: bool = True) -> ModelMe
     started = time.monotonic()
     data, positive_class = load_training_data(config)
     positive_index = data.classes.index(positive_class)
-    splits = carve_calibration_split(data.train_x, data.train_y, config.calibration_fraction,
-                                     config.seed)
-    logger.info("training %s on %d images (%d held out for calibration, %d for validation, "
-                "%d files skipped), classes %s", config.architecture, len(splits.fit_x),
-                len(splits.calibration_x), len(data.val_x), data.skipped,
-                ", ".join(data.classes))
+    splits = carve_splits(data, config.data_roles)
+    logger.info("training %s on %d images (%d held out for calibration, %d for the gate, %d "
+                "for early stopping, %d files skipped), classes %s", config.architecture,
+                len(splits.fit_x), len(splits.calibration_x), len(splits.holdout_x),
+                len(data.val_x), data.skipped, ", ".join(data.classes))
 
     weights = class_weights(splits.fit_y, config)
     keras.utils.set_random_seed(config.seed)
@@ -195,16 +236,18 @@ def train_and_register(config: TrainingConfig, progress: bool = True) -> ModelMe
                 "%.4f, specificity %.4f", validation.auc, validation.accuracy_at_0_5,
                 validation.threshold, validation.sensitivity, validation.specificity)
 
+    holdout = holdout_result(model, splits, positive_index, positive_class, calibration)
     training = {"config": config.to_dict(), "epochs_trained": len(history["loss"]),
                 "best_epoch": best_epoch, "train_images": len(splits.fit_x),
                 "calibration_images": len(splits.calibration_x),
+                "holdout_images": len(splits.holdout_x),
                 "val_images": len(data.val_x), "skipped_files": data.skipped,
                 "class_weights": _json_class_weights(weights),
                 "fit_seconds": round(fit_seconds, 1),
                 "wall_seconds": round(time.monotonic() - started, 1)}
     document = metadata_document(config, data.classes, positive_class,
-                                 training_metrics(validation, calibration, config),
-                                 data.fingerprint, training, calibration.threshold)
+                                 training_metrics(validation, calibration, config, holdout),
+                                 data.fingerprint, training, calibration)
     registry = ModelRegistry(config.model_registry)
     with tempfile.TemporaryDirectory(prefix="medimg-train-") as staging:
         write_model_files(model, Path(staging), history)
@@ -227,26 +270,23 @@ def load_training_data(config: TrainingConfig) -> tuple[LabeledData, str]:
     return data, positive_class
 
 
-def carve_calibration_split(train_x: np.ndarray, train_y: np.ndarray, fraction: float,
-                            seed: int) -> TrainingSplits:
-    """Hold out ``fraction`` of the training images, stratified by class, seeded.
+def carve_splits(data: LabeledData, roles: DataRoles) -> TrainingSplits:
+    """Divide the training images by role; the validation split is left alone.
 
-    Raises ValueError when a class is too rare to appear on both sides.
+    Each image's role follows from its role key (its group, else its bytes), so the
+    gate finds the same holdout later from the raw data, and no group straddles roles.
     """
-    if fraction == 0.0:
-        return TrainingSplits(train_x, train_y, train_x[:0], train_y[:0])
-    try:
-        fit_rows, calibration_rows = train_test_split(
-            np.arange(len(train_y)), test_size=fraction, stratify=train_y, random_state=seed)
-    except ValueError as error:
-        raise ValueError(f"cannot hold out a stratified calibration split of "
-                         f"{fraction:.0%} of {len(train_y)} training images ({error}); add "
-                         "images or set calibration_fraction to 0 to keep the configured "
-                         "threshold") from None
-    # Sorted: both parts keep the data's order; fit's seeded shuffle does the rest.
-    fit_rows, calibration_rows = np.sort(fit_rows), np.sort(calibration_rows)
-    return TrainingSplits(train_x[fit_rows], train_y[fit_rows], train_x[calibration_rows],
-                          train_y[calibration_rows])
+    if data.train_keys is None or len(data.train_keys) != len(data.train_y):
+        raise ValueError("the training data carries no role keys; read it with "
+                         "batch_training.datasets.load_labeled_data")
+    assigned = roles.assign(data.train_keys)
+    fit, calibration, holdout = (assigned == FIT, assigned == CALIBRATION, assigned == HOLDOUT)
+    if not fit.any():
+        raise ValueError(f"no training image is left to fit on among {len(assigned)}; add "
+                         "images or lower calibration_fraction and holdout_fraction")
+    return TrainingSplits(data.train_x[fit], data.train_y[fit], data.train_x[calibration],
+                          data.train_y[calibration], data.train_x[holdout],
+                          data.train_y[holdout])
 
 
 def class_weights(labels: np.ndarray, config: TrainingConfig) -> dict[int, float] | None:
@@ -346,24 +386,93 @@ def predict_positive(model: keras.Model, images: np.ndarray, positive_index: int
     return np.asarray(model.predict(images, batch_size=256, verbose=0))[:, positive_index]
 
 
+# About this many calibration negatives should lie above the urgent threshold for its
+# specificity to be measured rather than guessed: 5 / (1 - target) negatives at least.
+URGENT_NEGATIVES_ABOVE = 5
+
+
 def calibrate(model: keras.Model, splits: TrainingSplits, positive_index: int,
               positive_class: str, config: TrainingConfig) -> Calibration:
-    """The operating threshold for ``config.calibration_target`` on the calibration split."""
+    """The operating threshold for ``config.calibration_target`` and the urgent threshold
+    for ``config.urgent_specificity``, on the calibration split.
+
+    Raises ValueError when the split lacks a class altogether. Too few images for the
+    thresholds to mean much are recorded (``too_few``, the urgent threshold's
+    ``reason``), not hidden: the gate refuses such a version.
+    """
     if not len(splits.calibration_x):
         return Calibration(config.threshold, None)
     labels = (splits.calibration_y == positive_index).astype(np.int64)
+    if len(set(labels.tolist())) < 2:
+        raise ValueError(f"the calibration split ({len(labels)} images) lacks a class; add "
+                         "images, raise calibration_fraction, or set it to 0 to keep the "
+                         "configured thresholds")
+    problem = too_few(labels, config.min_calibration_per_class, "calibration")
+    if problem:
+        logger.warning("%s: the thresholds will not mean much and the gate will refuse this "
+                       "version", problem)
     scores = predict_positive(model, splits.calibration_x, positive_index)
-    threshold = operating_threshold(labels, scores, config.calibration_target)
+    fitted = fitted_sensitivity(int(labels.sum()), config)
+    threshold = operating_threshold(labels, scores, fitted)
     result = evaluate_scores(labels, scores, threshold, positive_class)
     logger.info("threshold %.4f reaches sensitivity %.4f (fitted to %.3f for a target of %.2f) "
-                "on %d calibration images", threshold, result.sensitivity,
-                config.calibration_target, config.target_sensitivity, result.n)
-    return Calibration(threshold, result)
+                "on %d calibration images", threshold, result.sensitivity, fitted,
+                config.target_sensitivity, result.n)
+    if config.urgent_specificity is None:
+        return Calibration(threshold, result, too_few=problem, fitted=fitted)
+    negatives = int((labels == 0).sum())
+    needed = math.ceil(URGENT_NEGATIVES_ABOVE / (1.0 - config.urgent_specificity) - 1e-9)
+    if negatives < needed:
+        reason = (f"the calibration split holds {negatives} other images; specificity "
+                  f"{config.urgent_specificity} needs at least {needed}, so the configured "
+                  f"urgent threshold {config.urgent_threshold} is kept")
+        logger.warning(reason)
+        return Calibration(threshold, result, fitted=fitted, urgent={
+            "split": CALIBRATION, "target_specificity": config.urgent_specificity,
+            "threshold": None, "negatives": negatives, "min_negatives": needed,
+            "reason": reason}, too_few=problem)
+    urgent = max(threshold, threshold_for_specificity(labels, scores, config.urgent_specificity))
+    urgent_result = evaluate_scores(labels, scores, urgent, positive_class)
+    logger.info("urgent threshold %.4f: specificity %.4f, sensitivity %.4f on %d calibration "
+                "images", urgent, urgent_result.specificity, urgent_result.sensitivity,
+                urgent_result.n)
+    return Calibration(threshold, result, urgent, {
+        "split": CALIBRATION, "target_specificity": config.urgent_specificity,
+        "threshold": urgent, "specificity": urgent_result.specificity,
+        "sensitivity": urgent_result.sensitivity, "negatives": negatives,
+        "min_negatives": needed}, too_few=problem, fitted=fitted)
+
+
+def fitted_sensitivity(positives: int, config: TrainingConfig) -> float:
+    """The calibration sensitivity the threshold is fitted to: target plus margin, raised
+    until its exact lower confidence bound (the one the gate applies) reaches the target.
+
+    On a large calibration split the margin decides; on a small one the bound does, so
+    a threshold read off few positives is set more cautiously rather than by luck.
+    """
+    required = config.calibration_target
+    for found in range(math.ceil(required * positives - 1e-9), positives + 1):
+        if sensitivity_lower_bound(found, positives) >= config.target_sensitivity:
+            return max(required, found / positives)
+    return 1.0
+
+
+def holdout_result(model: keras.Model, splits: TrainingSplits, positive_index: int,
+                   positive_class: str, calibration: Calibration) -> EvaluationResult | None:
+    """The holdout at the operating threshold, for the record (the gate judges it anew),
+    or None when there is no holdout or it lacks a class."""
+    labels = (splits.holdout_y == positive_index).astype(np.int64)
+    if len(set(labels.tolist())) < 2:
+        return None
+    scores = predict_positive(model, splits.holdout_x, positive_index)
+    return evaluate_scores(labels, scores, calibration.threshold, positive_class)
 
 
 def training_metrics(validation: EvaluationResult, calibration: Calibration,
-                     config: TrainingConfig) -> dict:
-    """metadata ``metrics``: validation at 0.5 and at the threshold, and how it was chosen.
+                     config: TrainingConfig, holdout: EvaluationResult | None = None) -> dict:
+    """metadata ``metrics``, one entry per split: ``validation`` (early stopping; its
+    figures are optimistic, it chose the epoch), ``calibration`` (the thresholds were
+    set on it) and ``holdout`` (seen by neither: the figure to believe).
 
     ``val_auc`` and ``val_accuracy`` (at 0.5) stay top-level for existing readers.
     """
@@ -371,7 +480,11 @@ def training_metrics(validation: EvaluationResult, calibration: Calibration,
             "validation": validation.to_dict(),
             "calibration": None if calibration.result is None else {
                 **calibration.result.to_dict(),
-                "fitted_sensitivity": config.calibration_target},
+                "fitted_sensitivity": calibration.fitted,
+                "min_per_class": config.min_calibration_per_class,
+                "too_few": calibration.too_few,
+                "urgent": calibration.urgent},
+            "holdout": None if holdout is None else holdout.to_dict(),
             "target_sensitivity": None if calibration.result is None
             else config.target_sensitivity}
 
@@ -403,11 +516,15 @@ def export_saved_model(model: keras.Model, directory: Path) -> bool:
 
 def metadata_document(config: TrainingConfig, classes: Sequence[str], positive_class: str,
                       metrics: dict, data_fingerprint: str, training: dict,
-                      threshold: float) -> dict:
+                      calibration: Calibration) -> dict:
     """metadata.json for the new version (the registry adds the version number).
 
-    ``threshold``: the operating threshold; the urgent threshold is never below it.
+    ``calibration``: the operating and urgent thresholds (the configured ones where it
+    chose none); the urgent threshold is never below the operating one.
     """
+    threshold = calibration.threshold
+    urgent = (config.urgent_threshold if calibration.urgent_threshold is None
+              else calibration.urgent_threshold)
     # from_dict normalizes case and spacing ("cr" -> "CR"), as serving will read them.
     applicability = Applicability.from_dict({"modalities": config.modalities,
                                              "body_parts": config.body_parts})
@@ -417,13 +534,14 @@ def metadata_document(config: TrainingConfig, classes: Sequence[str], positive_c
         "classes": list(classes),
         "positive_class": positive_class,
         "threshold": threshold,
-        "urgent_threshold": max(config.urgent_threshold, threshold),
+        "urgent_threshold": max(urgent, threshold),
         "preprocessing": config.preprocessing.to_dict(),
         "applicability": applicability.to_dict(),
         "created_at": utc_now(),
         "description": f"{config.architecture} trained on {Path(config.data).name}",
         "metrics": metrics,
         "data_fingerprint": data_fingerprint,
+        "data_roles": config.data_roles.to_dict(),
         "training": training,
         "code_version": code_version(),
         "keras_version": keras.__version__,

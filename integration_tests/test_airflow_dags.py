@@ -69,9 +69,12 @@ def test_nightly_retrain_promotes_while_the_job_serves_then_skips_unchanged_data
     chest = [event_for_file(c.path, sender="TEST") for c in cases if c.expected_label]
     ensure_topics(kafka, {topics.events: 3})
     job = start_job("--model_registry", str(registry_copy), "--model_poll_s", "0.5")
+    # 480 phantoms: the gate's minimum counts and sensitivity target scaled to match
+    # (a 95% lower bound above 0.95 needs hundreds of positives).
     conf = {"data": str(phantom_npz), "model_registry": str(registry_copy),
             "model_name": DEMO_MODEL, "input_size": "64x64", "epochs": 8, "batch_size": 32,
-            "augmentation": False,
+            "augmentation": False, "min_per_class": 15, "holdout_fraction": 0.3,
+            "target_sensitivity": 0.7,
             "class_names": list(phantoms.PHANTOM_CLASSES), "work_dir": str(tmp_path / "work"),
             "force": False}
 
@@ -85,7 +88,9 @@ def test_nightly_retrain_promotes_while_the_job_serves_then_skips_unchanged_data
                                      kwargs={"rate_per_s": 4})
         publisher.start()
         output = dags_test(airflow_env, "nightly_retrain", conf, tmp_path / "nightly-1.log")
-        assert registry.production(DEMO_MODEL) == "2", output[-3000:]
+        assert registry.production(DEMO_MODEL) == "2", (
+            registry.status(DEMO_MODEL, "2") if "2" in registry.versions(DEMO_MODEL)
+            else output[-3000:])
         after = [restamp(e) for e in chest]
         publish_events(kafka, topics.events, after)
         publisher.join()
@@ -101,6 +106,8 @@ def test_nightly_retrain_promotes_while_the_job_serves_then_skips_unchanged_data
     assert log.duplicates() == {}
     status = registry.status(DEMO_MODEL, "2")
     assert status["state"] == "promoted" and status["production_version"] == "1"
+    assert status["split"] == "holdout" and status["reference_version"] in ("1", "2")
+    assert not list((tmp_path / "work").iterdir())  # the run's shards are gone
     version_dir = registry_copy / DEMO_MODEL / "2"
     for name in ("model.keras", "architecture.json", "model.weights.h5", "saved_model.pb",
                  "metadata.json"):
@@ -112,6 +119,60 @@ def test_nightly_retrain_promotes_while_the_job_serves_then_skips_unchanged_data
     output = dags_test(airflow_env, "nightly_retrain", conf, tmp_path / "nightly-2.log")
     assert "nothing new to learn" in output
     assert registry.versions(DEMO_MODEL) == ["1", "2"]
+
+
+_INSPECT_NIGHTLY = """
+import importlib.util, json, sys
+from batch_training.recipe import config_from_params, policy_from_params
+spec = importlib.util.spec_from_file_location("nightly_retrain", sys.argv[1])
+module = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(module)
+dag = module.nightly_retrain()
+defaults = {name: dag.params[name] for name in dag.params.keys()}
+defaults.update(data="x.npz", model_registry="r")
+config_from_params(defaults), policy_from_params(defaults)  # the defaults are accepted
+refused = {}
+for name, value in json.loads(sys.argv[2]).items():
+    try:
+        dag.params.get_param(name).resolve(value)
+        refused[name] = False
+    except Exception:
+        refused[name] = True
+print(json.dumps({
+    "dagrun_timeout_s": dag.dagrun_timeout.total_seconds(),
+    "task_timeouts_s": {t.task_id: t.execution_timeout and t.execution_timeout.total_seconds()
+                        for t in dag.tasks},
+    "trigger_rules": {t.task_id: getattr(t.trigger_rule, "value", t.trigger_rule)
+                      for t in dag.tasks},
+    "refused": refused}))
+"""
+
+
+def test_nightly_retrain_has_timeouts_cleans_up_and_refuses_params_the_recipe_would(tmp_path):
+    env = {**os.environ, "AIRFLOW_HOME": str(tmp_path), "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+           "PYTHONPATH": str(REPO)}
+    bad = {"target_sensitivity": 0, "min_per_class": 0, "urgent_specificity": 1,
+           "holdout_fraction": 0.5, "auc_tolerance": -0.01}
+    completed = subprocess.run(
+        [sys.executable, "-c", _INSPECT_NIGHTLY, str(REPO / "dags" / "nightly_retrain.py"),
+         json.dumps(bad)], env=env, capture_output=True, text=True, timeout=300)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    facts = json.loads(completed.stdout.strip().splitlines()[-1])
+    timeouts = facts["task_timeouts_s"]
+    assert set(timeouts) >= {"data_changed", "preprocess", "train", "evaluate",
+                             "gate_and_promote", "remove_shards"}
+    assert all(timeouts.values()), timeouts
+    # The run's limit leaves room for the tasks, and the clean-up runs whatever happened.
+    assert facts["dagrun_timeout_s"] >= timeouts["train"] + timeouts["preprocess"]
+    assert facts["trigger_rules"]["remove_shards"] == "all_done"
+    assert facts["refused"] == dict.fromkeys(bad, True)
+    # The same values are refused by the recipe itself, so the params are not stricter.
+    from batch_training.recipe import config_from_params, policy_from_params  # noqa: PLC0415
+    for name, value in bad.items():
+        params = {"data": "x.npz", "model_registry": "r", name: value}
+        with pytest.raises(ValueError):
+            config_from_params(params)
+            policy_from_params(params)
 
 
 def test_batch_inference_dag_writes_findings_in_the_schema(airflow_env, phantom_registry,

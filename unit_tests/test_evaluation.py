@@ -71,6 +71,40 @@ def test_operating_threshold_needs_positive_images():
 
 # -- metrics -------------------------------------------------------------------------------
 
+def test_threshold_for_specificity_is_the_lowest_keeping_the_target_share_of_negatives():
+    labels = [0] * 10 + [1] * 2
+    scores = [0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.7, 0.9, 0.8, 0.95]
+    threshold = evaluation.threshold_for_specificity(labels, scores, 0.8)
+    negatives = np.array(scores[:10])
+    assert threshold == 0.7 and np.mean(negatives < threshold) == 0.8
+    assert np.mean(negatives < 0.4) < 0.8  # any lower threshold falls short
+    # A target no score meets: above every score, so nothing is urgent.
+    assert evaluation.threshold_for_specificity([0, 0, 1], [0.99, 1.0, 1.0], 0.9) == 1.0
+
+
+def test_sensitivity_lower_bound_is_the_exact_one_sided_bound():
+    # Clopper-Pearson for all positives found: alpha ** (1 / n).
+    assert evaluation.sensitivity_lower_bound(36, 36) == pytest.approx(0.05 ** (1 / 36))
+    assert evaluation.sensitivity_lower_bound(97, 100) < 0.97 < evaluation.sensitivity_lower_bound(
+        970, 1000) + 0.02
+    assert evaluation.sensitivity_lower_bound(970, 1000) > evaluation.sensitivity_lower_bound(
+        97, 100)
+
+
+def test_paired_auc_difference_is_exact_for_identical_models_and_negative_for_worse():
+    from sklearn.metrics import roc_auc_score  # noqa: PLC0415
+    rng = np.random.default_rng(0)
+    labels = np.array([0, 1] * 200)
+    good = labels + rng.normal(0, 0.7, len(labels))
+    worse = labels + rng.normal(0, 2.0, len(labels))
+    assert evaluation._auc_by_ranks(labels, good) == pytest.approx(roc_auc_score(labels, good))
+    difference, lower = evaluation.paired_auc_difference_bound(labels, good, good, resamples=200)
+    assert difference == 0.0 and lower == 0.0
+    difference, lower = evaluation.paired_auc_difference_bound(labels, worse, good, resamples=500)
+    assert difference == pytest.approx(roc_auc_score(labels, worse) - roc_auc_score(labels, good))
+    assert lower < difference < 0
+
+
 def test_evaluate_scores_matches_a_hand_computed_confusion_matrix():
     labels = [1, 1, 1, 1, 0, 0, 0, 0, 0, 1]
     scores = [0.9, 0.45, 0.35, 0.6, 0.2, 0.41, 0.55, 0.1, 0.39, 0.8]

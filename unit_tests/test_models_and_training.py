@@ -20,8 +20,10 @@ from PIL import Image
 from batch_training import datasets
 from batch_training.models import ARCHITECTURES, build_model
 from batch_training.evaluation import evaluate_version
-from batch_training.train import (TrainingConfig, augmentation, carve_calibration_split,
-                                  class_weights, promote, train_and_register)
+from batch_training.labeled import LabeledData
+from batch_training.roles import CALIBRATION, FIT, HOLDOUT, DataRoles, role_key
+from batch_training.train import (TrainingConfig, augmentation, carve_splits, class_weights,
+                                  promote, train_and_register)
 from streaming.contracts import validation
 from streaming.local import phantoms
 from streaming.imaging.decoding import decode_image_bytes
@@ -185,11 +187,13 @@ def test_load_labeled_data_says_what_it_accepts(tmp_path):
 def trained(tmp_path_factory):
     """One real training run on decoded phantoms, registered in a fresh registry."""
     workdir = tmp_path_factory.mktemp("training")
-    data = phantoms.write_phantom_npz(workdir / "phantoms.npz", n_train=256, n_val=96,
+    data = phantoms.write_phantom_npz(workdir / "phantoms.npz", n_train=320, n_val=96,
                                       size=PHANTOM_SIZE, seed=21)
+    # Small data: minimum counts and the urgent operating point scaled down to match.
     config = TrainingConfig(data=str(data), model_registry=str(workdir / "registry"),
                             model_name=MODEL_NAME, height=PHANTOM_SIZE, width=PHANTOM_SIZE,
-                            epochs=8, batch_size=32, seed=5)
+                            epochs=8, batch_size=32, seed=5, calibration_fraction=0.2,
+                            min_calibration_per_class=15, urgent_specificity=0.8)
     record = train_and_register(config, progress=False)
     return config, record
 
@@ -281,39 +285,110 @@ def test_model_trained_on_tensorflow_predicts_the_same_on_jax(trained, tmp_path)
 
 # -- the recipe's parts ------------------------------------------------------------------
 
-def test_calibration_split_is_stratified_disjoint_and_seeded():
-    train_x = np.arange(200, dtype=np.float32).reshape(200, 1, 1, 1)
-    train_y = np.array([0] * 50 + [1] * 150)
-    splits = carve_calibration_split(train_x, train_y, 0.1, seed=7)
-    assert len(splits.calibration_y) == 20 and len(splits.fit_y) == 180
-    assert np.bincount(splits.calibration_y).tolist() == [5, 15]  # the classes' 1:3 ratio
-    held_out = set(splits.calibration_x.ravel().tolist())
-    assert held_out.isdisjoint(splits.fit_x.ravel().tolist())
-    assert len(held_out | set(splits.fit_x.ravel().tolist())) == 200
-    again = carve_calibration_split(train_x, train_y, 0.1, seed=7)
-    np.testing.assert_array_equal(again.calibration_x, splits.calibration_x)
-    none = carve_calibration_split(train_x, train_y, 0.0, seed=7)
-    assert len(none.fit_y) == 200 and len(none.calibration_y) == 0
+def _labeled(keys: list[str]) -> LabeledData:
+    count = len(keys)
+    return LabeledData(np.arange(count, dtype=np.float32).reshape(count, 1, 1, 1),
+                       np.arange(count) % 2, np.zeros((2, 1, 1, 1), np.float32),
+                       np.array([0, 1]), ("a", "b"), "sha256:x", train_keys=tuple(keys))
 
 
-def test_calibration_split_of_too_few_images_says_what_to_do():
-    with pytest.raises(ValueError, match="calibration_fraction to 0"):
-        carve_calibration_split(np.zeros((5, 1, 1, 1)), np.array([0, 0, 0, 0, 1]), 0.2, seed=0)
+def test_roles_divide_the_training_images_disjointly_stably_and_by_fraction():
+    keys = [role_key(f"{i:064x}") for i in range(4000)]
+    roles = DataRoles(calibration_fraction=0.15, holdout_fraction=0.15)
+    assigned = roles.assign(keys)
+    shares = {role: float(np.mean(assigned == role)) for role in (FIT, CALIBRATION, HOLDOUT)}
+    assert shares[HOLDOUT] == pytest.approx(0.15, abs=0.02)
+    assert shares[CALIBRATION] == pytest.approx(0.15, abs=0.02)
+    np.testing.assert_array_equal(DataRoles(0.15, 0.15).assign(keys), assigned)  # any run
+    # A later model with a smaller calibration share never fits on this holdout.
+    later = DataRoles(calibration_fraction=0.05, holdout_fraction=0.15).assign(keys)
+    np.testing.assert_array_equal(later == HOLDOUT, assigned == HOLDOUT)
+    splits = carve_splits(_labeled(keys), roles)
+    rows = [set(part.ravel().tolist()) for part in
+            (splits.fit_x, splits.calibration_x, splits.holdout_x)]
+    assert sum(len(r) for r in rows) == 4000 and len(set().union(*rows)) == 4000
+
+
+def test_images_of_one_group_never_sit_on_both_sides():
+    # 200 patients with 5 images each: every patient's images share one role.
+    keys = [role_key(f"{i:064x}", group=f"patient-{i // 5}") for i in range(1000)]
+    assigned = DataRoles(0.2, 0.2).assign(keys)
+    for patient in range(200):
+        assert len(set(assigned[patient * 5:(patient + 1) * 5])) == 1
+    assert len(set(assigned)) == 3
+
+
+def test_labels_csv_groups_set_the_role_keys_and_the_validation_split(tmp_path):
+    rows = ["path,label,group"] + [f"{i}.png,{('normal', 'lesion')[i % 2]},p{i // 4}"
+                                   for i in range(40)]
+    for i in range(40):
+        Image.fromarray(np.full((8, 8), i, np.uint8)).save(tmp_path / f"{i}.png")
+    (tmp_path / "labels.csv").write_text("\n".join(rows) + "\n")
+    listing = datasets.list_labels_csv(tmp_path, tmp_path / "labels.csv",
+                                       validation_fraction=0.3)
+    for patient in range(10):
+        assert len({f.split for f in listing.files if f.group == f"p{patient}"}) == 1
+    data = datasets.load_labeled_data(tmp_path, PreprocessingSpec(8, 8, 1),
+                                      labels_csv=tmp_path / "labels.csv")
+    assert all(key.startswith("group:p") for key in data.train_keys)
+
+
+def test_dicom_images_of_one_patient_share_a_role_key_that_hides_the_patient(tmp_path):
+    rng = np.random.default_rng(2)
+    for split in ("train", "validation"):
+        for label in phantoms.PHANTOM_CLASSES:
+            (tmp_path / split / label).mkdir(parents=True)
+            for index in range(3):
+                phantoms.write_dicom(
+                    tmp_path / split / label / f"{index}.dcm",
+                    phantoms.render_chest_phantom(rng, 32, lesion=label == "lesion"),
+                    modality="CR", study_uid=f"2.25.{index + 7}", series_uid="2.25.99",
+                    sop_uid=f"2.25.{index + 7}.{label == 'lesion':d}",
+                    patient_id=f"MRN-{index}")
+    data = datasets.load_labeled_data(tmp_path, PreprocessingSpec(32, 32, 1))
+    # Patient MRN-0 has a normal and a lesion image in train: one key for both.
+    assert len(set(data.train_keys)) == 3 and len(data.train_keys) == 6
+    assert all(key.startswith("group:dicom-patient:") for key in data.train_keys)
+    assert not any("MRN" in key for key in data.train_keys)
+    split = datasets.load_split(tmp_path, PreprocessingSpec(32, 32, 1), "train")
+    assert sorted(split.keys) == sorted(data.train_keys)
+
+
+def test_an_empty_fitting_share_is_refused():
+    with pytest.raises(ValueError, match="fitting"):
+        DataRoles(calibration_fraction=0.45, holdout_fraction=0.45)
 
 
 def test_threshold_is_fitted_to_the_target_plus_the_margin_at_most_one():
     config = TrainingConfig(data="x.npz", model_registry="r")
-    assert config.calibration_target == pytest.approx(0.97)
+    assert config.calibration_target == pytest.approx(0.98)
+
+
+@pytest.mark.parametrize("positives, expected", [
+    (2000, 0.98),        # many positives: the margin decides
+    (100, 0.99),         # fewer: 99 of 100 is the least whose exact 95% bound >= 0.95
+    (40, 1.0),           # too few for any bound to reach 0.95: every positive
+])
+def test_fitted_sensitivity_rises_until_its_lower_bound_reaches_the_target(positives, expected):
+    from batch_training.evaluation import sensitivity_lower_bound  # noqa: PLC0415
+    from batch_training.train import fitted_sensitivity  # noqa: PLC0415
+    config = TrainingConfig(data="x.npz", model_registry="r")
+    fitted = fitted_sensitivity(positives, config)
+    assert fitted == pytest.approx(expected, abs=1e-9)
+    if fitted < 1.0:
+        found = round(fitted * positives)
+        assert sensitivity_lower_bound(found, positives) >= 0.95
+        assert fitted == 0.98 or sensitivity_lower_bound(found - 1, positives) < 0.95
     exact = dataclasses.replace(config, target_sensitivity=0.99, sensitivity_margin=0.05)
     assert exact.calibration_target == 1.0
 
 
-def test_class_weights_are_balanced_and_can_be_turned_off():
+def test_class_weights_are_off_by_default_and_balanced_when_asked_for():
+    # Off: weights would bend the probabilities the thresholds are read on.
     config = TrainingConfig(data="x.npz", model_registry="r")
-    weights = class_weights(np.array([0, 1, 1, 1]), config)
-    assert weights == pytest.approx({0: 2.0, 1: 2 / 3})
-    off = dataclasses.replace(config, class_weighting=False)
-    assert class_weights(np.array([0, 1, 1, 1]), off) is None
+    assert class_weights(np.array([0, 1, 1, 1]), config) is None
+    weighted = dataclasses.replace(config, class_weighting=True)
+    assert class_weights(np.array([0, 1, 1, 1]), weighted) == pytest.approx({0: 2.0, 1: 2 / 3})
 
 
 def test_augmentation_changes_images_only_in_training_and_never_flips_by_default():
@@ -333,6 +408,9 @@ def test_augmentation_changes_images_only_in_training_and_never_flips_by_default
     ({"target_sensitivity": 0.0}, "target_sensitivity"),
     ({"learning_rate_schedule": "step"}, "learning_rate_schedule"),
     ({"sensitivity_margin": -0.01}, "sensitivity_margin"),
+    ({"holdout_fraction": 0.5}, "holdout_fraction"),
+    ({"urgent_specificity": 1.0}, "urgent_specificity"),
+    ({"min_calibration_per_class": 0}, "min_calibration_per_class"),
 ])
 def test_training_config_refuses_impossible_settings(overrides, message):
     with pytest.raises(ValueError, match=message):
@@ -371,17 +449,32 @@ def test_threshold_is_calibrated_on_held_out_training_images(trained):
     calibration = metrics["calibration"]
     assert record.threshold == calibration["threshold"] == metrics["validation"]["threshold"]
     assert 0.0 < record.threshold < 1.0
-    assert record.urgent_threshold == max(config.urgent_threshold, record.threshold)
     assert metrics["target_sensitivity"] == 0.95
-    # Fitted with the margin, so that unseen images reach the target too.
-    assert calibration["fitted_sensitivity"] == pytest.approx(0.97)
-    assert calibration["sensitivity"] >= 0.97
-    # 10% of the 256 training phantoms, stratified; validation untouched.
-    assert training["calibration_images"] == calibration["n"] == 26
-    assert training["train_images"] == 230 and training["val_images"] == 96
-    assert metrics["validation"]["n"] == 96
+    # Fitted with the margin, and on so few positives higher still, so that the
+    # lower confidence bound reaches the target (see fitted_sensitivity).
+    assert calibration["fitted_sensitivity"] >= 0.98
+    assert calibration["sensitivity"] >= calibration["fitted_sensitivity"]
+    assert calibration["too_few"] is None and calibration["min_per_class"] == 15
+    # Roles: fitting, calibration and the gate's holdout share the 320 training
+    # phantoms; early stopping has the validation split to itself.
+    assert training["calibration_images"] == calibration["n"]
+    assert (training["train_images"] + training["calibration_images"]
+            + training["holdout_images"]) == 320
+    assert training["holdout_images"] == metrics["holdout"]["n"] > 0
+    assert record.extra["data_roles"]["holdout_fraction"] == 0.15
+    assert training["val_images"] == 96 and metrics["validation"]["n"] == 96
     assert metrics["val_auc"] == metrics["validation"]["auc"]
     assert metrics["val_accuracy"] == metrics["validation"]["accuracy_at_0_5"]
+
+
+@pytest.mark.slow
+def test_urgent_threshold_is_set_for_a_specificity_on_the_calibration_split(trained):
+    config, record = trained
+    urgent = record.extra["metrics"]["calibration"]["urgent"]
+    assert urgent["split"] == "calibration" and urgent["target_specificity"] == 0.8
+    assert record.urgent_threshold == urgent["threshold"] >= record.threshold
+    assert urgent["threshold"] != config.urgent_threshold  # not the fixed 0.9
+    assert urgent["specificity"] >= 0.8 and urgent["negatives"] >= urgent["min_negatives"] == 25
 
 
 @pytest.mark.slow
@@ -433,3 +526,30 @@ def test_saved_model_export_serves_the_same_probabilities(trained):
     outputs = exported.signatures["serving_default"](tf.constant(batch))
     np.testing.assert_allclose(np.asarray(next(iter(outputs.values()))), loaded.predict(batch),
                                atol=1e-5)
+
+
+def test_each_run_keeps_its_shards_in_its_own_folder_and_removal_is_repeatable(tmp_path):
+    from batch_training.recipe import remove_run_folder, run_folder  # noqa: PLC0415
+    first = run_folder(str(tmp_path), "scheduled__2026-12-01T00:00:00+00:00")
+    second = run_folder(str(tmp_path), "manual__2026-12-01T03:00:00+00:00")
+    assert first != second and first.parent == second.parent == tmp_path
+    (first / "shards").mkdir(parents=True)
+    (first / "shards" / "train-00000-of-00001.tfrecord").write_bytes(b"x")
+    second.mkdir()
+    assert remove_run_folder(str(tmp_path), "scheduled__2026-12-01T00:00:00+00:00")
+    assert not first.exists() and second.exists()
+    assert not remove_run_folder(str(tmp_path), "scheduled__2026-12-01T00:00:00+00:00")
+
+
+def test_a_retried_training_task_returns_the_version_it_registered(tmp_path):
+    from batch_training.recipe import train  # noqa: PLC0415
+    data = phantoms.write_phantom_npz(tmp_path / "tiny.npz", n_train=48, n_val=16, size=64,
+                                      seed=2)
+    config = TrainingConfig(data=str(data), model_registry=str(tmp_path / "registry"),
+                            model_name=MODEL_NAME, epochs=1, batch_size=16,
+                            augmentation=False, calibration_fraction=0.0)
+    marker = tmp_path / "run" / "candidate.json"
+    first = train(config, str(data), progress=False, marker=str(marker))
+    assert train(config, str(data), progress=False, marker=str(marker)) == first
+    assert ModelRegistry(config.model_registry).versions(MODEL_NAME) == [first]
+    assert json.loads(marker.read_text()) == {"version": first}

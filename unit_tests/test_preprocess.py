@@ -359,19 +359,27 @@ def test_the_recipe_gates_a_dicom_folder_with_a_labels_csv(tmp_path):
     from batch_training.recipe import run_recipe  # noqa: PLC0415
     from batch_training.train import TrainingConfig  # noqa: PLC0415
 
+    from batch_training.roles import HOLDOUT, DataRoles, role_key  # noqa: PLC0415
+
     root, rng = tmp_path / "archive", np.random.default_rng(11)
-    rows = ["path,label,split"]
+    rows = ["path,label,split,group"]
     for index in range(24):
         label = ("normal", "lesion")[index % 2]
         write_phantom(root / "studies" / f"image_{index:02d}.dcm", rng, label == "lesion",
                        index)
-        rows.append(f"studies/image_{index:02d}.dcm,{label},{'val' if index < 8 else 'train'}")
+        rows.append(f"studies/image_{index:02d}.dcm,{label},{'val' if index < 8 else 'train'},"
+                    f"patient-{index // 2}")
     (root / "labels.csv").write_text("\n".join(rows) + "\n")
     config = TrainingConfig(data=str(root), model_registry=str(tmp_path / "registry"),
                             model_name="csv-model", height=28, width=28, epochs=1,
                             batch_size=8, augmentation=False, calibration_fraction=0.0,
-                            threshold=0.5, class_names=("normal", "lesion"))
+                            holdout_fraction=0.4, threshold=0.5,
+                            class_names=("normal", "lesion"))
     decision = run_recipe(config, labels_csv=str(root / "labels.csv"), progress=False,
                           work_dir=str(tmp_path))
     assert isinstance(decision, GateDecision)
-    assert decision.candidate["n"] == 8   # the CSV's val rows, scored by the gate
+    # The gate judged the training rows whose patient drew the holdout, nothing else.
+    patients = [f"patient-{index // 2}" for index in range(8, 24)]
+    roles = DataRoles(0.0, 0.4).assign([role_key("", group) for group in patients])
+    assert decision.split == HOLDOUT
+    assert decision.candidate["n"] == int((roles == HOLDOUT).sum()) > 0
