@@ -95,7 +95,8 @@ def build_dead_letter(rejection: Rejection, source: SourcePosition, payload: byt
 def dead_letter_record(rejection: Rejection, source: SourcePosition, payload: bytes, *,
                        event_id: str | None = None, study_instance_uid: str | None = None,
                        model: dict | None = None,
-                       payload_limit: int = DEFAULT_PAYLOAD_BYTES) -> OutboundRecord:
+                       payload_limit: int = DEFAULT_PAYLOAD_BYTES,
+                       sent_at_epoch: float | None = None) -> OutboundRecord:
     """The outbound record for a dead letter, keyed like its event (study UID when known)."""
     document = build_dead_letter(rejection, source, payload, event_id=event_id,
                                  study_instance_uid=study_instance_uid, model=model,
@@ -104,4 +105,5 @@ def dead_letter_record(rejection: Rejection, source: SourcePosition, payload: by
     key = study_instance_uid or f"{source.topic}/{source.partition}/{source.offset}"
     return OutboundRecord(kind=OutboundRecord.DEAD_LETTER, key=key.encode("utf-8"),
                           value=json.dumps(document, separators=(",", ":")).encode("utf-8"),
-                          source=source, source_payload=payload, event_id=event_id)
+                          source=source, source_payload=payload, event_id=event_id,
+                          sent_at_epoch=sent_at_epoch)

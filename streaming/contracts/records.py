@@ -42,6 +42,9 @@ class OutboundRecord:
     # refuses the finding itself (e.g. a record over the size limit).
     source_payload: bytes
     event_id: str | None = None
+    # When the sender sent the event (epoch seconds), if the event said so: the start
+    # of the end-to-end latency the sink measures at the broker's acknowledgement.
+    sent_at_epoch: float | None = None
 
     FINDING = "finding"
     DEAD_LETTER = "dead_letter"

@@ -19,12 +19,22 @@ from __future__ import annotations
 import logging
 import threading
 
+from streaming.runtime import metrics
 from streaming.modeling.loading import LoadedModel, ModelRefused, load_model
 from streaming.modeling.registry import LAST_KNOWN_GOOD, ModelRegistry, RegistryError
 from streaming.modeling.scoring import ModelServer
 
 LOG = logging.getLogger(__name__)
 DEFAULT_POLL_S = 2.0
+
+_WATCHERS_RUNNING = [0]  # watcher threads alive in this process (a gauge: 0 = no hot swap)
+_WATCHERS_LOCK = threading.Lock()
+
+
+def _watchers_running(change: int) -> None:
+    with _WATCHERS_LOCK:
+        _WATCHERS_RUNNING[0] += change
+        metrics.gauge("model_watchers_running", _WATCHERS_RUNNING[0])
 
 
 def mark_last_known_good(registry: ModelRegistry, loaded: LoadedModel) -> None:
@@ -80,8 +90,12 @@ class ProductionWatcher:
         self._stop.set()
 
     def _run(self) -> None:
-        while not self._stop.wait(self._poll_s):
-            self.check()
+        _watchers_running(+1)
+        try:
+            while not self._stop.wait(self._poll_s):
+                self.check()
+        finally:
+            _watchers_running(-1)
 
     def check(self) -> None:
         """One look at the pointer: load, check and offer a new version if there is one."""
