@@ -1,0 +1,87 @@
+"""deploy/monitoring/ checked by Prometheus' own tool (promtool) and against the job's metrics.
+
+promtool comes with the Debian package `prometheus` (.ci/run installs it). Without it
+these tests are skipped on a workstation and fail under CI=true.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from streaming.runtime import metrics
+
+MONITORING = Path(__file__).resolve().parents[1] / "deploy" / "monitoring"
+RULE_FILES = [MONITORING / "rules" / "recording.yml", MONITORING / "rules" / "alerts.yml"]
+
+
+def promtool() -> str:
+    found = shutil.which("promtool")
+    if found:
+        return found
+    message = "promtool not found: install the Debian package `prometheus` (apt-get install prometheus)"
+    if os.environ.get("CI") == "true":
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+def run_promtool(*args: str) -> str:
+    result = subprocess.run([promtool(), *args], cwd=MONITORING, capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout
+
+
+def rules(kind: str) -> list[dict]:
+    found = []
+    for path in RULE_FILES:
+        for group in yaml.safe_load(path.read_text())["groups"]:
+            found += [rule for rule in group["rules"] if kind in rule]
+    return found
+
+
+def test_scrape_config_and_rules_pass_promtool_checks():
+    assert "SUCCESS" in run_promtool("check", "config", "prometheus.yml")
+    assert "SUCCESS" in run_promtool("check", "rules", *map(str, RULE_FILES))
+
+
+def test_alert_unit_tests_pass_promtool():
+    assert "SUCCESS" in run_promtool("test", "rules", "tests/alerts_test.yml")
+
+
+def test_every_alert_has_a_unit_test_firing_and_one_not_firing():
+    cases = [case for test in yaml.safe_load(
+        (MONITORING / "tests" / "alerts_test.yml").read_text())["tests"]
+        for case in test.get("alert_rule_test", [])]
+    for alert in rules("alert"):
+        name = alert["alert"]
+        assert any(c["alertname"] == name and c.get("exp_alerts") for c in cases), name
+        assert any(c["alertname"] == name and not c.get("exp_alerts") for c in cases), name
+
+
+def test_alerts_follow_the_conventions():
+    for alert in rules("alert"):
+        assert alert.get("for"), alert["alert"]
+        assert alert["labels"]["severity"] in {"critical", "warning"}, alert["alert"]
+        assert {"summary", "description", "runbook_url"} <= set(alert["annotations"])
+    for record in rules("record"):
+        assert re.fullmatch(r"[a-z_]+:[a-z_0-9]+:[a-z_0-9]+", record["record"]), record["record"]
+
+
+def test_rules_name_only_metrics_the_job_exports():
+    """A renamed metric must not leave an alert watching a series that never exists."""
+    exported = {f"medimg_{name}_total" for name in metrics.COUNTERS}
+    exported |= {f"medimg_{name}" for name in metrics.GAUGES}
+    exported |= {f"medimg_{name}_bucket" for name in metrics.HISTOGRAMS}
+    exported.add(f"medimg_{metrics.MODEL_INFO}")
+    named = set()
+    for rule in rules("expr"):
+        named |= set(re.findall(r"(?<![:\w])medimg_[a-z_]+(?![:\w])", rule["expr"]))
+    assert named, "the rules watch no job metric"
+    assert named <= exported, named - exported
