@@ -9,6 +9,7 @@ expressions are the deployed ones.
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import signal
 import threading
@@ -18,7 +19,8 @@ import pytest
 
 from integration_tests.conftest import STUDY_IMAGE_SIZE, JobTopics
 from scenarios.delivery import JOB_START_S
-from scenarios.prometheus_server import PrometheusServer, config_for_test, prometheus_binary
+from scenarios.prometheus_server import (MONITORING, PrometheusServer, config_for_test,
+                                        prometheus_binary)
 from streaming.kafka.admin import ensure_topics
 from streaming.local import phantoms
 from streaming.local.broker import LOOPBACK, free_port
@@ -109,6 +111,24 @@ def monitored(broker, kafka, phantom_registry, redis_server, tmp_path_factory):
         prometheus.stop()
         offsets_server.shutdown()
         offsets.close()
+
+
+def test_every_dashboard_panel_has_data_from_the_running_job(monitored):
+    _job, prometheus = monitored
+    panels = [panel for panel in json.loads((MONITORING / "dashboard.json").read_text())["panels"]
+              if panel["type"] != "row"]
+    # Grafana's own macro, given the value Grafana would pick for a 1 s scrape interval.
+    queries = [(panel["title"], target["expr"].replace("$__rate_interval", "10s"))
+               for panel in panels for target in panel["targets"]]
+    assert len(queries) >= 15
+    for title, expr in queries:
+        wait_for(lambda: prometheus.query(expr), 60, f"data for {title!r}: {expr}")
+    versions = prometheus.query("medimg_model_serving_info")
+    assert [sample["metric"]["version"] for sample in versions] == ["1"]
+    dedup = {s["metric"]["result"] for s in prometheus.query("medimg_dedup_total")}
+    assert "skipped" in dedup, "the event sent twice was published once"
+    decode = {s["metric"]["reason"] for s in prometheus.query("medimg_decode_failures_total")}
+    assert decode == {"not_an_image"}
 
 
 def test_a_frozen_job_pages_no_outcomes_while_events_arrive_and_resolves_after(monitored):

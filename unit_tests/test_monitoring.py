@@ -6,10 +6,12 @@ these tests are skipped on a workstation and fail under CI=true.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -74,14 +76,50 @@ def test_alerts_follow_the_conventions():
         assert re.fullmatch(r"[a-z_]+:[a-z_0-9]+:[a-z_0-9]+", record["record"]), record["record"]
 
 
-def test_rules_name_only_metrics_the_job_exports():
-    """A renamed metric must not leave an alert watching a series that never exists."""
+def exported_metric_names() -> set[str]:
     exported = {f"medimg_{name}_total" for name in metrics.COUNTERS}
     exported |= {f"medimg_{name}" for name in metrics.GAUGES}
     exported |= {f"medimg_{name}_bucket" for name in metrics.HISTOGRAMS}
-    exported.add(f"medimg_{metrics.MODEL_INFO}")
+    return exported | {f"medimg_{metrics.MODEL_INFO}"}
+
+
+def test_rules_name_only_metrics_the_job_exports():
+    """A renamed metric must not leave an alert watching a series that never exists."""
+    exported = exported_metric_names()
     named = set()
     for rule in rules("expr"):
         named |= set(re.findall(r"(?<![:\w])medimg_[a-z_]+(?![:\w])", rule["expr"]))
     assert named, "the rules watch no job metric"
     assert named <= exported, named - exported
+
+
+DASHBOARD = MONITORING / "dashboard.json"
+
+
+def dashboard_queries() -> dict[str, list[str]]:
+    panels = json.loads(DASHBOARD.read_text())["panels"]
+    return {panel["title"]: [target["expr"] for target in panel.get("targets", [])]
+            for panel in panels if panel["type"] != "row"}
+
+
+def test_dashboard_json_is_the_generators_output():
+    pytest.importorskip("grafana_foundation_sdk")
+    generated = subprocess.run([sys.executable, str(MONITORING / "dashboard.py")],
+                               capture_output=True, text=True, timeout=120, check=True).stdout
+    assert json.loads(generated) == json.loads(DASHBOARD.read_text()), (
+        "regenerate: python deploy/monitoring/dashboard.py > deploy/monitoring/dashboard.json")
+
+
+def test_every_panel_queries_prometheus_for_what_the_job_and_rules_provide():
+    panels = json.loads(DASHBOARD.read_text())["panels"]
+    recorded = {rule["record"] for rule in rules("record")}
+    for panel in panels:
+        if panel["type"] == "row":
+            continue
+        assert panel["datasource"]["type"] == "prometheus", panel["title"]
+        assert panel["targets"], panel["title"]
+    exprs = " ".join(e for queries in dashboard_queries().values() for e in queries)
+    used = set(re.findall(r"\b[a-z_]+:[a-z_0-9]+:[a-z_0-9]+\b", exprs))
+    assert used <= recorded, used - recorded
+    raw = set(re.findall(r"(?<![:\w])medimg_[a-z_]+(?![:\w])", exprs))
+    assert raw <= exported_metric_names(), raw - exported_metric_names()
