@@ -123,3 +123,46 @@ def test_every_panel_queries_prometheus_for_what_the_job_and_rules_provide():
     assert used <= recorded, used - recorded
     raw = set(re.findall(r"(?<![:\w])medimg_[a-z_]+(?![:\w])", exprs))
     assert raw <= exported_metric_names(), raw - exported_metric_names()
+
+
+CLOUD_POLICIES = sorted((MONITORING / "cloud_monitoring").glob("*.json"))
+
+
+def test_cloud_monitoring_policies_parse_as_alert_policies_of_the_monitoring_api():
+    from google.cloud import monitoring_v3  # noqa: PLC0415 - with apache-beam[gcp]
+
+    assert len(CLOUD_POLICIES) >= 6
+    alerts = {re.sub(r"(?<!^)([A-Z])", r"_\1", rule["alert"]).lower() for rule in rules("alert")}
+    for path in CLOUD_POLICIES:
+        # The client library's protobuf parser: an unknown or misspelt field fails here.
+        policy = monitoring_v3.AlertPolicy.from_json(path.read_text())
+        assert policy.severity in (monitoring_v3.AlertPolicy.Severity.CRITICAL,
+                                   monitoring_v3.AlertPolicy.Severity.WARNING), path.name
+        assert policy.documentation.content and policy.conditions, path.name
+        assert policy.user_labels["prometheus_alert"] in alerts, path.name
+
+
+def test_cloud_monitoring_promql_conditions_pass_promtool(tmp_path):
+    queries = [condition["conditionPrometheusQueryLanguage"]["query"]
+               for path in CLOUD_POLICIES
+               for condition in json.loads(path.read_text())["conditions"]
+               if "conditionPrometheusQueryLanguage" in condition]
+    assert queries
+    as_rules = {"groups": [{"name": "cloud-monitoring", "rules": [
+        {"alert": f"Condition{i}", "expr": query, "for": "1m"}
+        for i, query in enumerate(queries)]}]}
+    (tmp_path / "conditions.yml").write_text(yaml.safe_dump(as_rules))
+    assert "SUCCESS" in run_promtool("check", "rules", str(tmp_path / "conditions.yml"))
+
+
+def test_cloud_monitoring_counters_are_ones_the_job_counts_on_dataflow():
+    """metric_name on Dataflow is the Beam counter's name: count()'s label (a code)."""
+    from streaming.contracts.reasons import Reason  # noqa: PLC0415
+
+    codes = {reason.value for reason in Reason} | {"refused", "watch_error", "unavailable"}
+    named = set()
+    for path in CLOUD_POLICIES:
+        for names in re.findall(r'metric_name=~\\?"([^"\\]+)', path.read_text()):
+            named |= set(names.split("|"))
+    assert {"refused", "unavailable", "not_an_image"} <= named
+    assert named <= codes, named - codes
