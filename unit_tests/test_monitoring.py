@@ -113,6 +113,8 @@ def test_dashboard_json_is_the_generators_output():
 def test_every_panel_queries_prometheus_for_what_the_job_and_rules_provide():
     panels = json.loads(DASHBOARD.read_text())["panels"]
     recorded = {rule["record"] for rule in rules("record")}
+    ids = [panel["id"] for panel in panels]
+    assert len(set(ids)) == len(ids) and 0 not in ids, "Grafana needs unique panel ids"
     for panel in panels:
         if panel["type"] == "row":
             continue

@@ -105,6 +105,13 @@ def build_dashboard() -> Dashboard:
     )
 
 
+def with_panel_ids(dashboard):
+    """Unique panel ids (rows included), in order: Grafana links and edits panels by id."""
+    for number, panel in enumerate(dashboard.panels, start=1):
+        panel.id_val = number
+    return dashboard
+
+
 if __name__ == "__main__":
     register_default_plugins()
-    print(JSONEncoder(sort_keys=True, indent=2).encode(build_dashboard().build()))
+    print(JSONEncoder(sort_keys=True, indent=2).encode(with_panel_ids(build_dashboard().build())))
