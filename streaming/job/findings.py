@@ -67,4 +67,4 @@ def finding_record(event: ImageEvent, record: KafkaRecord, scoring: Scoring) -> 
                           key=event.study_instance_uid.encode("utf-8"),
                           value=json.dumps(document, separators=(",", ":")).encode("utf-8"),
                           source=record.position, source_payload=record.value,
-                          event_id=event.event_id)
+                          event_id=event.event_id, sent_at_epoch=event.sent_at_epoch)

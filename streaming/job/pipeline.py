@@ -92,6 +92,7 @@ class LoadImages(beam.DoFn):
                            body_part_examined=image.body_part_examined or event.body_part_examined)
 
     def _dead_letter(self, received: ReceivedEvent, rejection: Rejection):
+        metrics.count("decode_failures", Reason(rejection.reason).value)
         return beam.pvalue.TaggedOutput(DEAD_LETTERS,
                                         received_dead_letter(received, rejection, self._settings))
 
@@ -119,7 +120,8 @@ def received_dead_letter(received: ReceivedEvent, rejection: Rejection, settings
     return dead_letter_record(
         rejection, received.record.position, received.record.value,
         event_id=received.event.event_id, study_instance_uid=received.event.study_instance_uid,
-        model=model, payload_limit=settings.dead_letter_payload_bytes)
+        model=model, payload_limit=settings.dead_letter_payload_bytes,
+        sent_at_epoch=received.event.sent_at_epoch)
 
 
 def inference_dead_letter(received: ReceivedEvent, message: str, settings: JobSettings,

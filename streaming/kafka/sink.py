@@ -119,9 +119,11 @@ class BrokerProbe:
                     return False
             try:
                 self._consumer.end_offsets([TopicPartition(topic, 0)])
-                return True
             except KafkaError:
+                metrics.gauge("broker_reachable", 0)
                 return False
+            metrics.gauge("broker_reachable", 1)
+            return True
 
 
 _PROBES: dict[KafkaConfig, BrokerProbe] = {}
@@ -194,7 +196,10 @@ class PublishToKafka(beam.DoFn):
                     replaced.append(self._too_large(record))
                 else:
                     retry.append((record, error))
+            if acknowledged:
+                metrics.gauge("broker_reachable", 1)
             if retry:
+                metrics.gauge("broker_reachable", 0)
                 attempt += 1
                 self._wait_before_retry(attempt, retry)
                 self._wait_for_broker(self._topic(retry[0][0]), retry)
@@ -235,6 +240,10 @@ class PublishToKafka(beam.DoFn):
 
     def _settle(self, record: OutboundRecord) -> None:
         metrics.count("published", record.kind)
+        if record.sent_at_epoch is not None:
+            # Clocks of sender and job differ: a negative span says so and counts as 0.
+            metrics.observe("end_to_end_latency_seconds",
+                            max(time.time() - record.sent_at_epoch, 0.0), record.kind)
         self._ledger.settle(record.source)
 
     def _too_large(self, record: OutboundRecord) -> OutboundRecord:
@@ -246,7 +255,8 @@ class PublishToKafka(beam.DoFn):
                           f"the finding is {len(record.value)} bytes, over the broker's limit; "
                           "raise the findings topic's max.message.bytes", Stage.PUBLISH),
                 record.source, record.source_payload, event_id=record.event_id,
-                payload_limit=self._settings.dead_letter_payload_bytes)
+                payload_limit=self._settings.dead_letter_payload_bytes,
+                sent_at_epoch=record.sent_at_epoch)
         document = json.loads(record.value)
         if not document["payload"]["data"]:
             raise RuntimeError("a dead letter without payload exceeds the broker's size limit; "
@@ -320,7 +330,13 @@ def settle_once(settings: WriterSettings, read_back) -> None:
         _SETTLED.add(settings.dedup)
     try:
         done, released = settle_pending(store_for(settings.dedup), read_back)
-    except Exception as error:  # noqa: BLE001 - Redis, Kafka, timeouts: never a failed start
+    except DedupUnavailable as error:
+        metrics.gauge("dedup_store_reachable", 0)
+        metrics.count("dedup", "settle_failed")
+        LOG.warning("dedup store unavailable at start; pending claims settle when their "
+                    "events come again", extra={"error": str(error)})
+        return
+    except Exception as error:  # noqa: BLE001 - Kafka, timeouts: never a failed start
         metrics.count("dedup", "settle_failed")
         LOG.warning("could not settle pending claims at start; they are read back when "
                     "their events come again", extra={"error": type(error).__name__})
@@ -351,8 +367,10 @@ class Claims:
                 fingerprints.setdefault(_identity(record), _fingerprint(record))
             claims = store.claim_many(fingerprints, fingerprints)
             self._fingerprints.update(fingerprints)
+            metrics.gauge("dedup_store_reachable", 1)
             return self._resolve(store, records, claims)
         except DedupUnavailable as error:
+            metrics.gauge("dedup_store_reachable", 0)
             metrics.count("dedup", "unavailable", len(records))
             LOG.warning("dedup store unavailable; publishing without duplicate suppression",
                         extra={"records": len(records), "error": str(error)})
@@ -492,6 +510,7 @@ class Claims:
             store_for(self._settings).mark_done(
                 names, {name: self._fingerprints.get(name) for name in names})
         except DedupUnavailable as error:
+            metrics.gauge("dedup_store_reachable", 0)
             # The claims stay pending; the next start settles them from the topics.
             metrics.count("dedup", "unavailable", len(names))
             LOG.warning("could not mark outcomes done", extra={"records": len(names),

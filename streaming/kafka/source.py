@@ -33,7 +33,7 @@ from kafka import KafkaConsumer, TopicPartition
 from kafka.errors import KafkaError
 from kafka.structs import OffsetAndMetadata
 
-from streaming.runtime import lifecycle
+from streaming.runtime import lifecycle, metrics
 from streaming.kafka.admin import partitions_of
 from streaming.kafka.config import KafkaConfig
 from streaming.kafka.ledger import ledger_for
@@ -185,6 +185,7 @@ class ReadPartitions(beam.DoFn, RestrictionProvider):
                 timestamp)
         if not records:
             self._advance(watermark, Timestamp.of(now))
+        self._report_lag(consumer, partition)
         finalizer.register(lambda: self._commit(partition))
         tracker.defer_remainder()
 
@@ -204,6 +205,15 @@ class ReadPartitions(beam.DoFn, RestrictionProvider):
             time.sleep(self._settings.poll_timeout_ms / 1000)
             return []
         return batches.get(partition, [])
+
+    def _report_lag(self, consumer: KafkaConsumer, partition: TopicPartition) -> None:
+        # The partition's end as of the last fetch response, minus what this reader has
+        # read: what waits in Kafka for this job. Unknown until the first fetch answers.
+        highwater = consumer.highwater(partition)
+        position = self._next_offset.get(partition)
+        if highwater is not None and position is not None:
+            metrics.gauge("consumer_lag_records", max(highwater - position, 0),
+                          str(partition.partition))
 
     @staticmethod
     def _advance(watermark: ManualWatermarkEstimator, candidate: Timestamp) -> None:

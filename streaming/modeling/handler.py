@@ -14,6 +14,7 @@ that produced it.
 
 from __future__ import annotations
 
+import time
 from typing import Any, Iterable, Optional, Sequence
 
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
@@ -44,10 +45,16 @@ class KerasModelHandler(ModelHandler[ImageToScore, Scoring, ModelServer]):
     def run_inference(self, batch: Sequence[ImageToScore], model: ModelServer,
                       inference_args: Optional[dict[str, Any]] = None
                       ) -> Iterable[PredictionResult]:
+        started = time.perf_counter()
         scorings = model.score(list(batch))
+        metrics.observe("inference_batch_duration_seconds", time.perf_counter() - started)
+        metrics.observe("inference_batch_size", len(batch))
         for scoring in scorings:
             metrics.count("inference", scoring.status)
         self._report_model_events()
+        if scorings:
+            # The version that scored this batch (a swap happens between batches).
+            metrics.model_in_service(scorings[-1].model_name, scorings[-1].model_version)
         return [PredictionResult(item.context, scoring, scoring.model_id)
                 for item, scoring in zip(batch, scorings)]
 
@@ -57,7 +64,7 @@ class KerasModelHandler(ModelHandler[ImageToScore, Scoring, ModelServer]):
         metrics, which are recorded only from inside a bundle."""
         for event, amount in take_model_events().items():
             metrics.count("model", event, amount, prometheus=False)
-        metrics.set_gauge("model_watchers_running", running_watchers())
+        metrics.gauge("model_watchers_running", running_watchers())
 
     def get_num_bytes(self, batch: Sequence[ImageToScore]) -> int:
         return sum(item.image.pixels.nbytes for item in batch)

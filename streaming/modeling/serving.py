@@ -30,10 +30,10 @@ import threading
 import time
 import traceback
 
+from streaming.runtime import metrics
 from streaming.modeling.loading import LoadedModel, ModelRefused, load_model
 from streaming.modeling.registry import LAST_KNOWN_GOOD, ModelRegistry, RegistryError
 from streaming.modeling.scoring import ModelServer
-from streaming.runtime import metrics
 
 LOG = logging.getLogger(__name__)
 DEFAULT_POLL_S = 2.0
@@ -172,7 +172,7 @@ class ProductionWatcher:
                 LOG.error("model watcher stopped: no more hot swaps until the job restarts",
                           extra={"model": self._name})
             self.alive = False
-            metrics.set_gauge("model_watchers_running", running_watchers())
+            metrics.gauge("model_watchers_running", running_watchers())
 
     def check(self) -> None:
         """One look at the pointer: load, check and offer a new version if there is one.
@@ -250,5 +250,5 @@ def serve(registry_root: str, name: str, version: str | None = None,
     watcher = ProductionWatcher(registry, name, server, poll_s, refused).start()
     with _WATCHERS_LOCK:
         _WATCHERS[(registry_root, name)] = watcher
-    metrics.set_gauge("model_watchers_running", running_watchers())
+    metrics.gauge("model_watchers_running", running_watchers())
     return server
