@@ -58,6 +58,9 @@ class ReaderSettings:
     group_id: str
     poll_timeout_ms: int = 300
     max_records_per_bundle: int = 256
+    # The job's lease on the consumer group (streaming/kafka/lease.py): written into each
+    # offset commit's metadata, so an older job never commits over a newer one.
+    lease_token: int | None = None
 
 
 def _consumer(settings: ReaderSettings) -> KafkaConsumer:
@@ -80,8 +83,22 @@ def start_offset(consumer: KafkaConsumer, partition: TopicPartition) -> int:
 
 
 class _UnboundedOffsetTracker(OffsetRestrictionTracker):
+    """Offsets of one partition from ``start`` to the end of time: checkpoints only.
+
+    A fractional split of [next, 2^63) would cut it near 4.6e18: the residual's reader
+    would seek past the partition's end, kafka-python would reset it to the earliest
+    offset, and every claim would raise. A partition is read in order by one reader
+    anyway, so the runner may only checkpoint (fraction 0): the primary keeps what it
+    claimed, the residual starts at the next offset.
+    """
+
     def is_bounded(self):
         return False
+
+    def try_split(self, fraction_of_remainder):
+        if fraction_of_remainder > 0:
+            return None
+        return super().try_split(fraction_of_remainder)
 
 
 class _PartitionClock(beam.WatermarkEstimatorProvider):
@@ -162,6 +179,7 @@ class ReadPartitions(beam.DoFn, RestrictionProvider):
             return
         consumer = self._assigned(partition)
         start = tracker.current_restriction().start
+        self._ledger.resume_at(partition.topic, partition.partition, start)
         with self._locks[partition]:
             if self._next_offset.get(partition) != start:
                 consumer.seek(partition, start)
@@ -227,14 +245,58 @@ class ReadPartitions(beam.DoFn, RestrictionProvider):
             return
         try:
             with self._locks[partition]:
-                self._consumers[partition].commit({partition: OffsetAndMetadata(offset, "", -1)})
+                consumer = self._consumers[partition]
+                # Another process may have read (and committed) this partition since this
+                # process last did, and another job may hold the group now: read the
+                # group's offset fresh, commit only forward of it, and never over a newer
+                # lease. Check and commit are not atomic; the lease keeps one job writing.
+                current = consumer.committed(partition, metadata=True)
+                verdict = commit_verdict(current, offset, self._settings.lease_token)
+                if verdict == "commit":
+                    consumer.commit({partition: OffsetAndMetadata(
+                        offset, lease_metadata(self._settings.lease_token), -1)})
         except KafkaError as error:
             # Not fatal: the next bundle's finalization commits the same or a later offset.
             LOG.warning("offset commit failed; will retry", extra={
                 "topic": partition.topic, "partition": partition.partition,
                 "offset": offset, "error": type(error).__name__})
             return
-        self._ledger.committed(partition.topic, partition.partition, offset)
+        if verdict == "fenced":
+            LOG.error("offset commit refused: another job holds this consumer group now; "
+                      "stop this job", extra={"topic": partition.topic,
+                                              "partition": partition.partition,
+                                              "offset": offset,
+                                              "lease_token": self._settings.lease_token})
+            return
+        self._ledger.committed(partition.topic, partition.partition,
+                               offset if verdict == "commit" else current.offset)
+
+
+LEASE_PREFIX = "medimg-lease:"
+
+
+def lease_metadata(token: int | None) -> str:
+    return "" if token is None else f"{LEASE_PREFIX}{token}"
+
+
+def lease_of(metadata: str | None) -> int | None:
+    if metadata and metadata.startswith(LEASE_PREFIX):
+        try:
+            return int(metadata[len(LEASE_PREFIX):])
+        except ValueError:
+            return None
+    return None
+
+
+def commit_verdict(current: OffsetAndMetadata | None, offset: int, token: int | None) -> str:
+    """"commit", "behind" (the group is already at or past ``offset``), or "fenced"."""
+    if current is not None:
+        holder = lease_of(current.metadata)
+        if token is not None and holder is not None and holder > token:
+            return "fenced"
+        if current.offset is not None and current.offset >= offset:
+            return "behind"
+    return "commit"
 
 
 class _DiscoverPartitions(beam.DoFn):
