@@ -17,6 +17,8 @@ from streaming.contracts.events import DEFAULT_MAX_EVENT_BYTES
 from streaming.imaging.access import AccessPolicy
 from streaming.imaging.types import ImageLimits
 from streaming.kafka.config import KafkaConfig
+from streaming.kafka.lease import DEFAULT_TOPIC as DEFAULT_LEASE_TOPIC
+from streaming.kafka.lease import DEFAULT_TTL_S as DEFAULT_LEASE_TTL_S
 from streaming.runtime import metrics
 from streaming.kafka.sink import WriterSettings
 from streaming.kafka.source import ReaderSettings
@@ -56,6 +58,13 @@ class StreamingOptions(PipelineOptions):
                                 "over its partitions (default: %(default)s)")
         kafka.add_argument("--max_records_per_bundle", type=int, default=256,
                            help="records a partition reader hands over per bundle")
+        kafka.add_argument("--lease_topic", default=DEFAULT_LEASE_TOPIC,
+                           help="topic holding each consumer group's lease: one job per "
+                                "group; a second job refuses to start (default: %(default)s)")
+        kafka.add_argument("--lease_ttl_s", type=float, default=DEFAULT_LEASE_TTL_S,
+                           help="a job that stopped heartbeating (killed) gives its consumer "
+                                "group up after this long; a restart waits at most this long "
+                                "(default: %(default)s)")
         kafka.add_argument("--kafka_security_protocol", default="PLAINTEXT",
                            help="PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL")
         kafka.add_argument("--kafka_sasl_mechanism", default=None,
@@ -160,13 +169,17 @@ class JobSettings:
     metrics_port: int | None = None
     metrics_host: str = metrics.DEFAULT_HOST
     dedup: RedisSettings | None = None
+    lease_topic: str = DEFAULT_LEASE_TOPIC
+    lease_ttl_s: float = DEFAULT_LEASE_TTL_S
+    lease_token: int | None = None  # set once the job holds the group's lease
 
     @property
     def reader(self) -> ReaderSettings:
         return ReaderSettings(config=self.kafka, topic=self.events_topic,
                               group_id=self.consumer_group,
                               poll_timeout_ms=self.poll_timeout_ms,
-                              max_records_per_bundle=self.max_records_per_bundle)
+                              max_records_per_bundle=self.max_records_per_bundle,
+                              lease_token=self.lease_token)
 
     @property
     def writer(self) -> WriterSettings:
@@ -209,6 +222,8 @@ def job_settings(options: PipelineOptions) -> JobSettings:
                  "max_records_per_bundle"):
         if getattr(o, name) < 1:
             raise OptionsError(f"--{name} must be at least 1, got {getattr(o, name)}")
+    if o.lease_ttl_s <= 0:
+        raise OptionsError(f"--lease_ttl_s must be positive, got {o.lease_ttl_s}")
     if min_batch_size < 1:
         raise OptionsError(f"--min_batch_size must be at least 1, got {min_batch_size}")
     if min_batch_size > o.max_batch_size:
@@ -244,4 +259,5 @@ def job_settings(options: PipelineOptions) -> JobSettings:
         limits=ImageLimits(max_file_bytes=o.max_file_bytes, max_frame_pixels=o.max_frame_pixels,
                            max_frames=o.max_frames),
         max_event_bytes=o.max_event_bytes, dead_letter_payload_bytes=o.dead_letter_payload_bytes,
-        metrics_port=o.metrics_port, metrics_host=o.metrics_host, dedup=dedup)
+        metrics_port=o.metrics_port, metrics_host=o.metrics_host, dedup=dedup,
+        lease_topic=o.lease_topic, lease_ttl_s=o.lease_ttl_s)

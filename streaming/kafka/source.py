@@ -36,6 +36,7 @@ from kafka.structs import OffsetAndMetadata
 from streaming.runtime import lifecycle
 from streaming.kafka.admin import partitions_of
 from streaming.kafka.config import KafkaConfig
+from streaming.kafka.lease import lease_allows_commit
 from streaming.kafka.ledger import ledger_for
 from streaming.contracts.records import KafkaRecord, SourcePosition
 
@@ -252,6 +253,8 @@ class ReadPartitions(beam.DoFn, RestrictionProvider):
                 # lease. Check and commit are not atomic; the lease keeps one job writing.
                 current = consumer.committed(partition, metadata=True)
                 verdict = commit_verdict(current, offset, self._settings.lease_token)
+                if not lease_allows_commit(self._settings.lease_token):
+                    verdict = "fenced"  # paused past the lease's expiry, or superseded
                 if verdict == "commit":
                     consumer.commit({partition: OffsetAndMetadata(
                         offset, lease_metadata(self._settings.lease_token), -1)})
