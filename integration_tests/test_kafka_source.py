@@ -167,3 +167,27 @@ def test_a_bundle_failed_in_one_process_does_not_stop_its_commits(kafka, topics)
     finally:
         first.close()
         second.close()
+
+
+def test_restriction_size_progress_and_a_gauge_show_the_partitions_lag(kafka, topics):
+    from prometheus_client import REGISTRY  # noqa: PLC0415
+    ensure_topics(kafka, {topics.events: 1})
+    produce(kafka, topics.events, 50)
+    settings = ReaderSettings(kafka, topics.events, topics.group, poll_timeout_ms=200,
+                              max_records_per_bundle=10)
+    element = PartitionToRead(topics.events, 0)
+    worker = Worker(settings)
+    try:
+        # Not checked before the first poll: Tansu answers ListOffsets(latest) with the last
+        # batch's base offset + 1, so only the fetch's high watermark is right here.
+        restriction = worker.reader.initial_restriction(element)
+        offsets, (rest,) = worker.bundle(element, restriction)
+        assert offsets == list(range(10))
+        # What a runner that scales on backlog reads: 40 records still to read.
+        assert worker.reader.restriction_size(element, rest) == 40
+        progress = worker.reader.create_tracker(rest).current_progress()
+        assert (progress.completed_work, progress.remaining_work) == (0, 40)
+        lag = REGISTRY.get_sample_value("medimg_consumer_lag_records", {"partition": "0"})
+        assert lag == 40
+    finally:
+        worker.close()

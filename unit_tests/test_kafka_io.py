@@ -143,6 +143,9 @@ class _PartitionLog:
     def seek(self, _partition, offset):
         self.position = offset
 
+    def highwater(self, _partition):
+        return len(self.records)
+
     def poll(self, timeout_ms, max_records):
         batch = self.records[self.position:self.position + max_records]
         self.position += len(batch)

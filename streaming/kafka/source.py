@@ -26,6 +26,7 @@ import time
 
 import apache_beam as beam
 from apache_beam.io.restriction_trackers import OffsetRange, OffsetRestrictionTracker
+from apache_beam.io.iobase import RestrictionProgress
 from apache_beam.io.watermark_estimators import ManualWatermarkEstimator
 from apache_beam.transforms.core import RestrictionProvider
 from apache_beam.utils.timestamp import Timestamp
@@ -33,7 +34,7 @@ from kafka import KafkaConsumer, TopicPartition
 from kafka.errors import KafkaError
 from kafka.structs import OffsetAndMetadata
 
-from streaming.runtime import lifecycle
+from streaming.runtime import lifecycle, metrics
 from streaming.kafka.admin import partitions_of
 from streaming.kafka.config import KafkaConfig
 from streaming.kafka.lease import lease_allows_commit
@@ -83,6 +84,41 @@ def start_offset(consumer: KafkaConsumer, partition: TopicPartition) -> int:
     return consumer.beginning_offsets([partition])[partition]
 
 
+# (topic, partition) -> the partition's end offset as this process last saw it: what
+# restriction sizes and progress report as backlog, and the lag gauge shows.
+_END_OFFSETS: dict[tuple[str, int], int] = {}
+
+
+def end_offset(topic: str, partition: int) -> int | None:
+    return _END_OFFSETS.get((topic, partition))
+
+
+def _saw_end_offset(topic: str, partition: int, offset: int | None) -> None:
+    if offset is not None:
+        _END_OFFSETS[(topic, partition)] = offset
+
+
+class PartitionOffsets(OffsetRange):
+    """An offset range that knows its partition, so that its size and progress can
+    report the partition's lag (a runner that scales on backlog reads them)."""
+
+    def __init__(self, start: int, stop: int, topic: str, partition: int):
+        super().__init__(start, stop)
+        self.topic, self.partition = topic, partition
+
+    def split_at(self, split_pos):
+        return (PartitionOffsets(self.start, split_pos, self.topic, self.partition),
+                PartitionOffsets(split_pos, self.stop, self.topic, self.partition))
+
+    def lag(self, position: int | None = None) -> int | None:
+        """Records from ``position`` (default: the start) to the partition's end."""
+        end = end_offset(self.topic, self.partition)
+        if end is None:
+            return None
+        position = self.start if position is None else position
+        return max(min(end, self.stop) - position, 0)
+
+
 class _UnboundedOffsetTracker(OffsetRestrictionTracker):
     """Offsets of one partition from ``start`` to the end of time: checkpoints only.
 
@@ -100,6 +136,15 @@ class _UnboundedOffsetTracker(OffsetRestrictionTracker):
         if fraction_of_remainder > 0:
             return None
         return super().try_split(fraction_of_remainder)
+
+    def current_progress(self) -> RestrictionProgress:
+        restriction = self.current_restriction()
+        position = (restriction.start if self._last_claim_attempt is None
+                    else self._last_claim_attempt + 1)
+        lag = restriction.lag(position) if isinstance(restriction, PartitionOffsets) else None
+        if lag is None:  # end not seen yet: say nothing rather than 2^63 records to go
+            return RestrictionProgress(completed=position - restriction.start, remaining=0)
+        return RestrictionProgress(completed=position - restriction.start, remaining=lag)
 
 
 class _PartitionClock(beam.WatermarkEstimatorProvider):
@@ -126,14 +171,17 @@ class ReadPartitions(beam.DoFn, RestrictionProvider):
 
     def initial_restriction(self, element: PartitionToRead) -> OffsetRange:
         consumer = _consumer(self._settings)
+        partition = TopicPartition(element.topic, element.partition)
         try:
-            start = start_offset(consumer, TopicPartition(element.topic, element.partition))
+            start = start_offset(consumer, partition)
+            _saw_end_offset(element.topic, element.partition,
+                            consumer.end_offsets([partition])[partition])
         finally:
             consumer.close()
         LOG.info("partition reader starts", extra={"topic": element.topic,
                                                    "partition": element.partition,
                                                    "offset": start})
-        return OffsetRange(start, END_OF_TIME)
+        return PartitionOffsets(start, END_OF_TIME, element.topic, element.partition)
 
     def create_tracker(self, restriction: OffsetRange) -> OffsetRestrictionTracker:
         return _UnboundedOffsetTracker(restriction)
@@ -142,7 +190,12 @@ class ReadPartitions(beam.DoFn, RestrictionProvider):
         yield restriction  # a partition is read in order by one reader
 
     def restriction_size(self, element, restriction) -> int:
-        return 1
+        # The backlog: records between the restriction's start and the partition's end.
+        if not isinstance(restriction, PartitionOffsets):
+            restriction = PartitionOffsets(restriction.start, restriction.stop,
+                                           element.topic, element.partition)
+        lag = restriction.lag()
+        return 1 if lag is None else lag
 
     def truncate(self, element, restriction):
         return None  # on a runner's drain, stop reading: unread records stay in Kafka
@@ -185,6 +238,7 @@ class ReadPartitions(beam.DoFn, RestrictionProvider):
             if self._next_offset.get(partition) != start:
                 consumer.seek(partition, start)
             records = self._poll(consumer, partition)
+            _saw_end_offset(partition.topic, partition.partition, consumer.highwater(partition))
         self._next_offset[partition] = start
         now = time.time()
         for record in records:
@@ -204,6 +258,7 @@ class ReadPartitions(beam.DoFn, RestrictionProvider):
                 timestamp)
         if not records:
             self._advance(watermark, Timestamp.of(now))
+        self._report_lag(partition, self._next_offset[partition])
         finalizer.register(lambda: self._commit(partition))
         tracker.defer_remainder()
 
@@ -223,6 +278,13 @@ class ReadPartitions(beam.DoFn, RestrictionProvider):
             time.sleep(self._settings.poll_timeout_ms / 1000)
             return []
         return batches.get(partition, [])
+
+    @staticmethod
+    def _report_lag(partition: TopicPartition, position: int) -> None:
+        end = end_offset(partition.topic, partition.partition)
+        if end is not None:
+            metrics.set_gauge("consumer_lag_records", max(end - position, 0),
+                              label=str(partition.partition))
 
     @staticmethod
     def _advance(watermark: ManualWatermarkEstimator, candidate: Timestamp) -> None:

@@ -35,6 +35,11 @@ GAUGES = {
     "model_watchers_running": "Production-pointer watcher threads alive in this process "
                               "(0 while a model is unpinned means no more hot swaps)",
 }
+# name -> (help, label name): gauges split by a label
+LABELLED_GAUGES = {
+    "consumer_lag_records": ("Records of the events topic not yet read, by partition, as "
+                             "the reader last saw the partition's end", "partition"),
+}
 DEFAULT_HOST = "127.0.0.1"
 
 _PROMETHEUS: dict[str, Counter] = {}
@@ -67,14 +72,21 @@ def count(name: str, label: str | None = None, amount: int = 1, *, beam: bool = 
         (counter.labels(label) if COUNTERS[name][1] else counter).inc(amount)
 
 
-def set_gauge(name: str, value: float) -> None:
-    """Set gauge ``name`` (one of GAUGES) in both views."""
-    Metrics.gauge("medimg", name).set(int(value))
+def set_gauge(name: str, value: float, label: str | None = None) -> None:
+    """Set gauge ``name`` (one of GAUGES, or of LABELLED_GAUGES with ``label``) in both views."""
+    if label is None:
+        Metrics.gauge("medimg", name).set(int(value))
+    else:
+        Metrics.gauge(f"medimg.{name}", label).set(int(value))
     with _LOCK:
         if name not in _GAUGES:
-            _GAUGES[name] = Gauge(f"medimg_{name}", GAUGES[name])
+            if name in LABELLED_GAUGES:
+                text, label_name = LABELLED_GAUGES[name]
+                _GAUGES[name] = Gauge(f"medimg_{name}", text, [label_name])
+            else:
+                _GAUGES[name] = Gauge(f"medimg_{name}", GAUGES[name])
         gauge = _GAUGES[name]
-    gauge.set(value)
+    (gauge.labels(label) if label is not None else gauge).set(value)
 
 
 def serve(port: int, host: str = DEFAULT_HOST) -> None:
