@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import collections
 import random
+import threading
+import time
 
 import pytest
 from apache_beam.io.restriction_trackers import OffsetRange
@@ -22,6 +24,7 @@ from streaming.contracts.records import SourcePosition
 from streaming.kafka.admin import ensure_topics
 from streaming.kafka.ledger import OffsetLedger
 from streaming.kafka.source import END_OF_TIME, PartitionToRead, ReaderSettings, ReadPartitions
+from streaming.runtime import lifecycle
 
 
 def produce(kafka, topic: str, count: int, partition: int = 0) -> None:
@@ -191,3 +194,63 @@ def test_restriction_size_progress_and_a_gauge_show_the_partitions_lag(kafka, to
         assert lag == 40
     finally:
         worker.close()
+
+
+SEEN_BY_PARTITION: dict[int, set[int]] = collections.defaultdict(set)
+
+
+def _note(record):
+    SEEN_BY_PARTITION[record.position.partition].add(record.position.offset)
+
+
+def wait_until(condition, timeout_s: float) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.1)
+    return condition()
+
+
+def test_partitions_the_topic_gains_while_running_are_read(kafka, topics):
+    """Tansu cannot add partitions to a topic (no CreatePartitions): the topic is deleted
+    and created again with more, which the readers see the same way."""
+    import apache_beam as beam  # noqa: PLC0415
+    from apache_beam.options.pipeline_options import PipelineOptions  # noqa: PLC0415
+    from kafka import KafkaAdminClient  # noqa: PLC0415
+
+    from streaming.kafka.source import ReadFromKafka  # noqa: PLC0415
+    ensure_topics(kafka, {topics.events: 1})
+    produce(kafka, topics.events, 5, partition=0)
+    settings = ReaderSettings(kafka, topics.events, topics.group, poll_timeout_ms=200,
+                              new_partitions=2, discovery_interval_s=0.5)
+    pipeline = beam.Pipeline(options=PipelineOptions(["--runner", "FnApiRunner", "--streaming"]))
+    _ = pipeline | "Read" >> ReadFromKafka(settings) | beam.Map(_note)
+    SEEN_BY_PARTITION.clear()
+    failures = []
+
+    def run():
+        try:
+            pipeline.run().wait_until_finish()
+        except Exception as error:  # noqa: BLE001 - reported by the test thread
+            failures.append(error)
+
+    runner = threading.Thread(target=run, daemon=True)
+    runner.start()
+    try:
+        assert wait_until(lambda: len(SEEN_BY_PARTITION[0]) == 5, 120), failures
+        admin = KafkaAdminClient(**kafka.client_kwargs())
+        try:
+            admin.delete_topics([topics.events])
+        finally:
+            admin.close()
+        ensure_topics(kafka, {topics.events: 3})
+        produce(kafka, topics.events, 4, partition=1)
+        produce(kafka, topics.events, 3, partition=2)
+        assert wait_until(lambda: (SEEN_BY_PARTITION[1], SEEN_BY_PARTITION[2]) == (
+            set(range(4)), set(range(3))), 120), (dict(SEEN_BY_PARTITION), failures)
+    finally:
+        lifecycle.request_drain()
+        runner.join(60)
+        lifecycle._DRAIN.clear()  # noqa: SLF001 - this test's process keeps running
+    assert not runner.is_alive() and failures == []

@@ -59,6 +59,13 @@ class StreamingOptions(PipelineOptions):
                                 "over its partitions (default: %(default)s)")
         kafka.add_argument("--max_records_per_bundle", type=int, default=256,
                            help="records a partition reader hands over per bundle")
+        kafka.add_argument("--new_partitions", type=int, default=8,
+                           help="partitions the events topic may gain while the job runs, "
+                                "read without a restart; more need a restart "
+                                "(default: %(default)s)")
+        kafka.add_argument("--partition_discovery_s", type=float, default=10.0,
+                           help="how often the job looks for new partitions of the events "
+                                "topic (default: %(default)s)")
         kafka.add_argument("--lease_topic", default=DEFAULT_LEASE_TOPIC,
                            help="topic holding each consumer group's lease: one job per "
                                 "group; a second job refuses to start (default: %(default)s)")
@@ -173,6 +180,8 @@ class JobSettings:
     lease_topic: str = DEFAULT_LEASE_TOPIC
     lease_ttl_s: float = DEFAULT_LEASE_TTL_S
     lease_token: int | None = None  # set once the job holds the group's lease
+    new_partitions: int = 8
+    partition_discovery_s: float = 10.0
 
     @property
     def reader(self) -> ReaderSettings:
@@ -180,7 +189,9 @@ class JobSettings:
                               group_id=self.consumer_group,
                               poll_timeout_ms=self.poll_timeout_ms,
                               max_records_per_bundle=self.max_records_per_bundle,
-                              lease_token=self.lease_token)
+                              lease_token=self.lease_token,
+                              new_partitions=self.new_partitions,
+                              discovery_interval_s=self.partition_discovery_s)
 
     @property
     def writer(self) -> WriterSettings:
@@ -243,6 +254,11 @@ def job_settings(options: PipelineOptions) -> JobSettings:
                  "max_records_per_bundle"):
         if getattr(o, name) < 1:
             raise OptionsError(f"--{name} must be at least 1, got {getattr(o, name)}")
+    if o.new_partitions < 0:
+        raise OptionsError(f"--new_partitions must be 0 or more, got {o.new_partitions}")
+    if o.partition_discovery_s <= 0:
+        raise OptionsError(f"--partition_discovery_s must be positive, got "
+                           f"{o.partition_discovery_s}")
     if o.lease_ttl_s <= 0:
         raise OptionsError(f"--lease_ttl_s must be positive, got {o.lease_ttl_s}")
     if min_batch_size < 1:
@@ -281,4 +297,5 @@ def job_settings(options: PipelineOptions) -> JobSettings:
                            max_frames=o.max_frames),
         max_event_bytes=o.max_event_bytes, dead_letter_payload_bytes=o.dead_letter_payload_bytes,
         metrics_port=o.metrics_port, metrics_host=o.metrics_host, dedup=dedup,
-        lease_topic=o.lease_topic, lease_ttl_s=o.lease_ttl_s)
+        lease_topic=o.lease_topic, lease_ttl_s=o.lease_ttl_s,
+        new_partitions=o.new_partitions, partition_discovery_s=o.partition_discovery_s)

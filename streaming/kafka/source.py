@@ -35,7 +35,7 @@ from kafka.errors import KafkaError
 from kafka.structs import OffsetAndMetadata
 
 from streaming.runtime import lifecycle, metrics
-from streaming.kafka.admin import partitions_of
+from streaming.kafka.admin import BrokerUnavailable, partitions_of, wait_for_partitions
 from streaming.kafka.config import KafkaConfig
 from streaming.kafka.lease import lease_allows_commit
 from streaming.kafka.ledger import ledger_for
@@ -63,6 +63,10 @@ class ReaderSettings:
     # The job's lease on the consumer group (streaming/kafka/lease.py): written into each
     # offset commit's metadata, so an older job never commits over a newer one.
     lease_token: int | None = None
+    # Partitions the topic may gain while the job runs, read without a restart: the job
+    # starts a reader for each of the next ``new_partitions`` numbers, idle until it exists.
+    new_partitions: int = 8
+    discovery_interval_s: float = 10.0
 
 
 def _consumer(settings: ReaderSettings) -> KafkaConsumer:
@@ -173,6 +177,15 @@ class ReadPartitions(beam.DoFn, RestrictionProvider):
         consumer = _consumer(self._settings)
         partition = TopicPartition(element.topic, element.partition)
         try:
+            existing = wait_for_partitions(consumer, self._settings.config, element.topic)
+        except BrokerUnavailable:
+            consumer.close()
+            raise
+        if element.partition not in existing:
+            consumer.close()
+            # Not created yet: when it is, it starts empty, so read it from the beginning.
+            return PartitionOffsets(0, END_OF_TIME, element.topic, element.partition)
+        try:
             start = start_offset(consumer, partition)
             _saw_end_offset(element.topic, element.partition,
                             consumer.end_offsets([partition])[partition])
@@ -203,6 +216,8 @@ class ReadPartitions(beam.DoFn, RestrictionProvider):
     # -- reading -------------------------------------------------------------------
 
     def setup(self):
+        self._existing: set[int] = set()
+        self._checked_at: float | None = None
         self._consumers: dict[TopicPartition, KafkaConsumer] = {}
         self._next_offset: dict[TopicPartition, int] = {}
         self._locks: dict[TopicPartition, threading.Lock] = {}
@@ -230,6 +245,14 @@ class ReadPartitions(beam.DoFn, RestrictionProvider):
         partition = TopicPartition(element.topic, element.partition)
         if lifecycle.drain_requested():
             tracker.try_claim(END_OF_TIME)  # nothing more to read: the restriction is done
+            return
+        if not self._exists(partition):
+            # A partition the topic may gain: nothing to read yet. Wait only if nothing else
+            # here blocks in poll(), or the local runner would spin.
+            if not self._consumers:
+                time.sleep(self._settings.poll_timeout_ms / 1000)
+            self._advance(watermark, Timestamp.of(time.time()))
+            tracker.defer_remainder()
             return
         consumer = self._assigned(partition)
         start = tracker.current_restriction().start
@@ -261,6 +284,22 @@ class ReadPartitions(beam.DoFn, RestrictionProvider):
         self._report_lag(partition, self._next_offset[partition])
         finalizer.register(lambda: self._commit(partition))
         tracker.defer_remainder()
+
+    def _exists(self, partition: TopicPartition) -> bool:
+        if partition.partition in self._existing or partition in self._consumers:
+            return True
+        now = time.monotonic()
+        if self._checked_at is None or now - self._checked_at >= self._settings.discovery_interval_s:
+            self._checked_at = now
+            try:
+                self._existing = set(partitions_of(self._settings.config, partition.topic,
+                                                   timeout_s=1.0))
+            except BrokerUnavailable:
+                return False  # the broker is away or the topic is gone: check again later
+            if partition.partition in self._existing:
+                LOG.info("new partition found; reading it", extra={
+                    "topic": partition.topic, "partition": partition.partition})
+        return partition.partition in self._existing
 
     def _poll(self, consumer: KafkaConsumer, partition: TopicPartition) -> list:
         # The runner hands this instance its partitions one after another in each bundle;
@@ -369,7 +408,13 @@ class _DiscoverPartitions(beam.DoFn):
         self._settings = settings
 
     def process(self, _impulse):
-        for partition in partitions_of(self._settings.config, self._settings.topic):
+        partitions = partitions_of(self._settings.config, self._settings.topic)
+        # Readers for partitions the topic may gain later. An upstream discovery step that
+        # waits between metadata checks would be simpler, but Beam's local runner runs an
+        # unbounded step to its end before the next stage gets any input: the readers
+        # would never start.
+        expected = max(partitions) + 1 + self._settings.new_partitions
+        for partition in sorted({*partitions, *range(max(partitions) + 1, expected)}):
             yield PartitionToRead(self._settings.topic, partition)
 
 
