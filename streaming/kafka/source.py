@@ -127,8 +127,8 @@ class _UnboundedOffsetTracker(OffsetRestrictionTracker):
     """Offsets of one partition from ``start`` to the end of time: checkpoints only.
 
     A fractional split of [next, 2^63) would cut it near 4.6e18: the residual's reader
-    would seek past the partition's end, kafka-python would reset it to the earliest
-    offset, and every claim would raise. A partition is read in order by one reader
+    would seek past the partition's end and read nothing forever (or, where the broker
+    answers "out of range", be reset to the earliest offset and fail every claim). A partition is read in order by one reader
     anyway, so the runner may only checkpoint (fraction 0): the primary keeps what it
     claimed, the residual starts at the next offset.
     """
