@@ -236,7 +236,7 @@ def run(argv: list[str] | None = None) -> None:
     # One job per consumer group, before anything is read or settled: a second job
     # would publish an outcome for every event again (streaming/kafka/lease.py).
     lease = GroupLease(settings.kafka, settings.consumer_group, settings.lease_topic,
-                       settings.lease_ttl_s)
+                       settings.lease_ttl_s, startup_timeout_s=settings.startup_timeout_s)
     try:
         token = lease.acquire()
         settings = dataclasses.replace(settings, lease_token=token)

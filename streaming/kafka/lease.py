@@ -75,7 +75,7 @@ class GroupLease:
     """acquire() before reading; the lease beats in a thread until release()."""
 
     def __init__(self, config: KafkaConfig, group: str, topic: str = DEFAULT_TOPIC,
-                 ttl_s: float = DEFAULT_TTL_S):
+                 ttl_s: float = DEFAULT_TTL_S, startup_timeout_s: float = 60.0):
         self._config, self._group, self._topic = config, group, topic
         self._ttl_ms = int(ttl_s * 1000)
         self.job = uuid.uuid4().hex
@@ -87,7 +87,7 @@ class GroupLease:
         self._fenced = False
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        ensure_topics(config, {topic: 1})
+        ensure_topics(config, {topic: 1}, timeout_s=startup_timeout_s)
         self._producer = KafkaProducer(**config.client_kwargs(), acks="all", linger_ms=0)
         self._consumer = KafkaConsumer(**config.client_kwargs(), enable_auto_commit=False)
         self._consumer.assign([self._partition])
