@@ -29,7 +29,7 @@ from apache_beam.io.restriction_trackers import OffsetRange, OffsetRestrictionTr
 from apache_beam.io.iobase import RestrictionProgress
 from apache_beam.io.watermark_estimators import ManualWatermarkEstimator
 from apache_beam.transforms.core import RestrictionProvider
-from apache_beam.utils.timestamp import Timestamp
+from apache_beam.utils.timestamp import Duration, Timestamp
 from kafka import KafkaConsumer, TopicPartition
 from kafka.errors import KafkaError
 from kafka.structs import OffsetAndMetadata
@@ -252,7 +252,8 @@ class ReadPartitions(beam.DoFn, RestrictionProvider):
             if not self._consumers:
                 time.sleep(self._settings.poll_timeout_ms / 1000)
             self._advance(watermark, Timestamp.of(time.time()))
-            tracker.defer_remainder()
+            # Runners that honour the delay (Dataflow, Flink) look again after it.
+            tracker.defer_remainder(Duration(seconds=self._settings.discovery_interval_s))
             return
         consumer = self._assigned(partition)
         start = tracker.current_restriction().start
