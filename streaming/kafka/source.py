@@ -257,9 +257,12 @@ class ReadPartitions(beam.DoFn, RestrictionProvider):
             return
         consumer = self._assigned(partition)
         start = tracker.current_restriction().start
-        self._ledger.resume_at(partition.topic, partition.partition, start)
         with self._locks[partition]:
             if self._next_offset.get(partition) != start:
+                # Not where this process left off: the partition was read elsewhere
+                # meanwhile, or a bundle is retried. (Where it left off, the previous
+                # bundle may not be settled yet: nothing to forget.)
+                self._ledger.resume_at(partition.topic, partition.partition, start)
                 consumer.seek(partition, start)
             records = self._poll(consumer, partition)
             _saw_end_offset(partition.topic, partition.partition, consumer.highwater(partition))
