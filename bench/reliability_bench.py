@@ -13,7 +13,10 @@ In one run, on the embedded broker with a real Redis server:
 - hostile input: at least 1000 bad inputs across at least 12 classes, interleaved
   with good events, each expected to end as a dead letter with its reason;
 - PHI: canary values written into copies of real DICOM files; every output, log and
-  the metrics endpoint are searched for them.
+  the metrics endpoint are searched for them;
+- multi_process: two jobs started on one consumer group while events flow, then the
+  running one SIGKILLed twice, each time restarted as two copies: one job may run on a
+  group, every other start must be refused (the group's lease).
 
 Counts come from reading the topics (``streaming.tools.reconcile``), not from the job.
 Prints one table and writes bench/results/reliability.json.
@@ -31,7 +34,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from scenarios.delivery import (Topics, run_crash_scenario,
+from scenarios.delivery import (Topics, run_crash_scenario, run_multi_process_scenario,
                                                   run_outage_scenario, run_replay_scenario)
 from scenarios.redis_server import RedisServer
 from streaming.runtime import logs
@@ -158,6 +161,16 @@ def phi(bench: Bench, console: Console) -> dict:
     return report.to_dict()
 
 
+def multi_process(bench: Bench, console: Console, events: int) -> dict:
+    console.print(f"multi_process: {events} events, two jobs per start on one group, "
+                  "2 SIGKILLs, with Redis")
+    topics = bench.topics("multi-process")
+    report = run_multi_process_scenario(bench.kafka, topics, lambda: bench.job(topics),
+                                        bench.images, events=events, kills=2, rate_per_s=8)
+    return {key: report[key] for key in ("events_sent", "lost", "duplicated", "refused_starts",
+                                         "restarts", "findings", "dead_letters", "examples")}
+
+
 def summary(results: dict) -> dict:
     """The figures the issue asks for, across the scenarios."""
     scenarios = [results["crash"], results["outage"]]  # with Redis, as deployed
@@ -211,6 +224,10 @@ def report(console: Console, results: dict) -> None:
     if hostile_report:
         table.add_row("hostile inputs with the wrong or no dead letter",
                       str(len(hostile_report.get("mismatches", []))))
+    if "multi_process" in results:
+        both = results["multi_process"]
+        table.add_row("two jobs on one group: lost / duplicated / refused starts",
+                      f"{both['lost']} / {both['duplicated']} / {both['refused_starts']}")
     console.print(table)
 
 
@@ -222,6 +239,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--claim_events", type=int, default=120,
                         help="events in each of the retry and takeover scenarios")
     parser.add_argument("--skip", default="", help="comma-separated scenarios to skip")
+    parser.add_argument("--only", default=None,
+                        help="run just this scenario (multi_process) and merge its figures "
+                             "into the results file")
     parser.add_argument("--output", default=str(RESULTS))
     args = parser.parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -234,6 +254,9 @@ def main(argv: list[str] | None = None) -> int:
             EmbeddedBroker(log_path=str(Path(tmp) / "broker.log")) as broker, \
             RedisServer(Path(tmp) / "redis") as redis_server:
         bench = Bench(Path(tmp), broker, redis_server)
+        if args.only == "multi_process":
+            return _only(multi_process(bench, console, args.crash_events), args.output,
+                         console)
         results["crash"] = crash(bench, console, args.crash_events)
         if "nodedup" not in skip:
             results["crash_without_dedup"] = crash(bench, console, args.crash_events, dedup=False)
@@ -246,11 +269,25 @@ def main(argv: list[str] | None = None) -> int:
             results["hostile"] = hostile(bench, console, args.hostile)
         if "phi" not in skip:
             results["phi"] = phi(bench, console)
+        if "multi_process" not in skip:
+            results["multi_process"] = multi_process(bench, console, args.crash_events)
     results.update(summary(results))
     report(console, results)
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     Path(args.output).write_text(json.dumps(results, indent=2) + "\n")
     console.print(f"wrote {args.output}")
+    return 0
+
+
+def _only(figures: dict, output: str, console: Console) -> int:
+    path = Path(output)
+    results = json.loads(path.read_text()) if path.exists() else {}
+    results["multi_process"] = {**figures, "created_at": utc_now()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(results, indent=2) + "\n")
+    console.print({key: figures[key] for key in ("events_sent", "lost", "duplicated",
+                                                 "refused_starts")})
+    console.print(f"wrote {output}")
     return 0
 
 

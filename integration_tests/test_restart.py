@@ -106,11 +106,17 @@ def test_killed_job_loses_nothing_after_restart(kafka, topics, start_job, study_
         log.drain(quiet_s=3)
         assert restarted.stop() == 0, restarted.log_tail()
 
-    # At-least-once: a replayed event may be scored twice, but always identically.
+    # At-least-once: a replayed event may be scored twice, but always alike. Not bit for
+    # bit: the replay lands in another batch, and oneDNN's sums round by batch layout
+    # (seen: 0.4566652 vs 0.4566654). The restart waits for the killed job's lease to
+    # expire, so its first batches are fuller than before the kill.
     for event_id, count in log.duplicates().items():
         findings = [o.document for o in log.by_event[event_id]]
         assert len({f["finding_id"] for f in findings}) == 1
-        assert len({tuple(sorted(f["scores"].items())) for f in findings}) == 1
+        first, *others = [f["scores"] for f in findings]
+        for scores in others:
+            assert scores.keys() == first.keys()
+            assert all(abs(scores[k] - first[k]) < 1e-5 for k in first), (first, scores)
     assert set(event_ids(everything)) == set(log.by_event), "an outcome of no event"
 
 

@@ -239,3 +239,51 @@ def _wait_for_group_at_end(kafka: KafkaConfig, group: str, topic: str, timeout_s
         raise AssertionError(f"the job did not read {topic} to its end again")
     finally:
         consumer.close(autocommit=False)
+
+
+def _one_keeps_running(jobs: list[LocalJob], timeout_s: float) -> tuple[LocalJob, int]:
+    """Of jobs started together on one group, the one that runs, and how many refused."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        running = [job for job in jobs if job.running()]
+        if len(running) == 1 and len(jobs) > 1:
+            refused = [job for job in jobs if job is not running[0]]
+            if any(job.process.returncode != 2 for job in refused):
+                raise AssertionError(f"a job exited but was not refused; see "
+                                     f"{[str(job.log_path) for job in refused]}")
+            return running[0], len(refused)
+        if not running:
+            raise AssertionError(f"no job kept running; see {[str(j.log_path) for j in jobs]}")
+        time.sleep(0.5)
+    raise AssertionError(f"{len(jobs)} jobs still running on one consumer group")
+
+
+def run_multi_process_scenario(kafka: KafkaConfig, topics: Topics,
+                               start_job: Callable[[], LocalJob], images: list[ImageEvent], *,
+                               events: int = 400, kills: int = 2,
+                               rate_per_s: float = 8.0) -> dict:
+    """Two jobs started on one consumer group while events flow, as an operator might by
+    mistake; then the running one SIGKILLed ``kills`` times, each time restarted as two
+    copies again. One job may run; every other start must be refused."""
+    warm = stream_of(images, 3)
+    stream = stream_of(images, events)
+    waves = [stream[i::kills + 1] for i in range(kills + 1)]
+    refused = 0
+    with OutcomeLog(kafka, topics.findings, topics.dead_letters) as log:
+        publisher = _publish_in_background(kafka, topics.events, warm + waves[0], rate_per_s)
+        active, losers = _one_keeps_running([start_job(), start_job()], JOB_START_S)
+        refused += losers
+        for previous, wave in zip(waves, waves[1:]):
+            ids = [e.event_id for e in previous]
+            if not _wait_for_some(log, ids, max(len(ids) // 4, 1), JOB_START_S):
+                raise AssertionError(f"no progress before a kill; see {active.log_path}")
+            active.kill()
+            publisher.join()
+            publisher = _publish_in_background(kafka, topics.events, wave, rate_per_s)
+            active, losers = _one_keeps_running([start_job(), start_job()], JOB_START_S)
+            refused += losers
+        publisher.join()
+        report = _finish("multi_process", kafka, topics, log, warm + stream, active,
+                         {"restarts": kills})
+    active.stop()
+    return {**report.to_dict(), "refused_starts": refused}

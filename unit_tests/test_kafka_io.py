@@ -222,3 +222,44 @@ def test_consumer_lag_per_partition_is_what_the_reader_has_not_read_yet():
     assert read_and_lag(0) == 3
     assert read_and_lag(2) == 1
     assert read_and_lag(4) == 0
+
+
+def test_a_restriction_start_forgets_offsets_a_failed_bundle_left_outstanding():
+    ledger = OffsetLedger()
+    for p in positions(0, 1, 2):
+        ledger.read(p)              # this process's bundle fails; the runner retries it elsewhere
+    ledger.resume_at("events", 0, 30)  # the partition comes back here at offset 30
+    for p in positions(30, 31):
+        ledger.read(p)
+        ledger.settle(p)
+    assert ledger.to_commit("events", 0) == 32
+    assert ledger.outstanding("events", 0) == 0
+
+
+def test_offsets_are_committed_only_forward_of_the_group_and_never_over_a_newer_lease():
+    from kafka.structs import OffsetAndMetadata  # noqa: PLC0415
+
+    from streaming.kafka.source import commit_verdict, lease_metadata  # noqa: PLC0415
+    assert commit_verdict(None, 10, token=7) == "commit"
+    assert commit_verdict(OffsetAndMetadata(20, "", -1), 10, token=7) == "behind"
+    assert commit_verdict(OffsetAndMetadata(5, lease_metadata(7), -1), 10, token=7) == "commit"
+    # A newer job (a larger token) committed last: the older one is fenced, even forward.
+    assert commit_verdict(OffsetAndMetadata(5, lease_metadata(9), -1), 10, token=7) == "fenced"
+
+
+def test_the_lease_log_gives_the_group_to_the_first_live_claim():
+    from streaming.kafka.lease import replay  # noqa: PLC0415
+    state = {}
+    claim = {"kind": "claim", "ttl_ms": 1000, "token": None}
+    replay(state, "g", {**claim, "job": "a"}, offset=1, timestamp_ms=10_000)
+    replay(state, "g", {**claim, "job": "b"}, offset=2, timestamp_ms=10_500)  # a is alive
+    assert (state["g"].job, state["g"].token) == ("a", 1)
+    replay(state, "g", {"kind": "beat", "job": "a", "token": 1, "ttl_ms": 1000}, 3, 10_900)
+    replay(state, "g", {**claim, "job": "b"}, offset=4, timestamp_ms=11_800)  # still alive
+    assert state["g"].job == "a"
+    replay(state, "g", {**claim, "job": "b"}, offset=5, timestamp_ms=12_000)  # a expired
+    assert (state["g"].job, state["g"].token) == ("b", 5)
+    replay(state, "g", {"kind": "beat", "job": "a", "token": 1, "ttl_ms": 1000}, 6, 12_100)
+    assert state["g"].job == "b", "a paused job waking up does not get the group back"
+    replay(state, "g", {"kind": "release", "job": "b", "token": 5, "ttl_ms": 1000}, 7, 12_200)
+    assert "g" not in state

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import apache_beam as beam
+import pytest
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 from apache_beam.portability import common_urns
 
@@ -67,3 +68,50 @@ def test_the_local_runner_is_pinned_and_streaming_is_on():
     assert options.view_as(StandardOptions).streaming
     chosen = pipeline_options(["--runner", "DataflowRunner", "--model_registry", "r"])
     assert chosen.view_as(StandardOptions).runner == "DataflowRunner"
+
+
+def test_more_than_one_local_worker_is_refused_with_advice(tmp_path):
+    from streaming.job.options import OptionsError  # noqa: PLC0415
+    options = PipelineOptions(["--model_registry", str(tmp_path), "--allowed_roots", str(tmp_path),
+                               "--direct_num_workers", "2",
+                               "--direct_running_mode", "multi_processing"])
+    with pytest.raises(OptionsError, match="Run one local worker"):
+        job_settings(options)
+
+
+class _OnePositionPerBundle(beam.DoFn, beam.transforms.core.RestrictionProvider):
+    """Claims one position per bundle and defers the rest, as the Kafka readers do."""
+
+    def initial_restriction(self, element):
+        from apache_beam.io.restriction_trackers import OffsetRange  # noqa: PLC0415
+        return OffsetRange(0, 4)
+
+    def create_tracker(self, restriction):
+        from apache_beam.io.restriction_trackers import OffsetRestrictionTracker  # noqa: PLC0415
+        return OffsetRestrictionTracker(restriction)
+
+    def restriction_size(self, element, restriction):
+        return restriction.size()
+
+    def process(self, folder, tracker=beam.DoFn.RestrictionParam()):
+        import pathlib  # noqa: PLC0415
+        position = tracker.current_restriction().start
+        if tracker.try_claim(position):
+            (pathlib.Path(folder) / str(position)).touch()
+            tracker.defer_remainder()
+
+
+@pytest.mark.slow
+def test_beam_local_runner_with_two_workers_still_drops_deferred_remainders(tmp_path):
+    """Why the job refuses --direct_num_workers > 1. If this fails, Beam fixed it:
+    lift the refusal in streaming/job/options.py (check_local_workers)."""
+    def claimed(*argv):
+        folder = tmp_path / str(len(argv))
+        folder.mkdir()
+        with beam.Pipeline(options=PipelineOptions(["--runner", LOCAL_RUNNER, *argv])) as p:
+            _ = p | beam.Create([str(folder)]) | beam.ParDo(_OnePositionPerBundle())
+        return sorted(path.name for path in folder.iterdir())
+
+    assert claimed() == ["0", "1", "2", "3"]
+    assert claimed("--direct_num_workers", "2", "--direct_running_mode",
+                   "multi_processing") == ["0"]

@@ -29,9 +29,10 @@ def run(args) -> int:
     from streaming.job.options import OptionsError  # noqa: PLC0415
     from streaming.job.pipeline import run as run_job  # noqa: PLC0415
     from streaming.kafka.admin import BrokerUnavailable  # noqa: PLC0415
+    from streaming.kafka.lease import GroupLeaseHeld  # noqa: PLC0415
     from streaming.modeling.registry import RegistryError  # noqa: PLC0415
     try:
         run_job(args.beam_argv)
-    except (OptionsError, BrokerUnavailable, RegistryError) as error:
+    except (OptionsError, BrokerUnavailable, RegistryError, GroupLeaseHeld) as error:
         raise CliError(str(error)) from None
     return 0

@@ -13,6 +13,7 @@ own publishing step instead of being flattened into one.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from typing import Iterable
 
@@ -27,6 +28,7 @@ from streaming.job.findings import finding_record
 from streaming.imaging.decoding import load_image
 from streaming.imaging.types import ImageRejected
 from streaming.kafka.admin import ensure_topics
+from streaming.kafka.lease import GroupLease
 from streaming.kafka.sink import WriteToKafka
 from streaming.kafka.source import ReadFromKafka
 from streaming.modeling.handler import KerasModelHandler
@@ -216,6 +218,19 @@ def run(argv: list[str] | None = None) -> None:
         ensure_topics(settings.kafka, {topic: settings.topic_partitions for topic in (
             settings.events_topic, settings.findings_topic, settings.dead_letter_topic)},
             timeout_s=settings.startup_timeout_s)
+    # One job per consumer group, before anything is read or settled: a second job
+    # would publish an outcome for every event again (streaming/kafka/lease.py).
+    lease = GroupLease(settings.kafka, settings.consumer_group, settings.lease_topic,
+                       settings.lease_ttl_s, startup_timeout_s=settings.startup_timeout_s)
+    try:
+        token = lease.acquire()
+        settings = dataclasses.replace(settings, lease_token=token)
+        _run_holding_lease(options, settings)
+    finally:
+        lease.release()
+
+
+def _run_holding_lease(options: PipelineOptions, settings: JobSettings) -> None:
     lifecycle.install_signal_handlers()
     if lifecycle.drain_requested():
         LOG.info("stop requested during start-up: nothing was read, nothing to drain")
@@ -225,7 +240,7 @@ def run(argv: list[str] | None = None) -> None:
     LOG.info("streaming job starting", extra={
         "runner": options.view_as(StandardOptions).runner, "events_topic": settings.events_topic,
         "findings_topic": settings.findings_topic, "model_name": settings.model_name,
-        "consumer_group": settings.consumer_group})
+        "consumer_group": settings.consumer_group, "lease_token": settings.lease_token})
     pipeline = beam.Pipeline(options=options)
     build_pipeline(pipeline, settings)
     result = pipeline.run()

@@ -8,7 +8,9 @@ replays it rather than losing it. Commits never move backwards.
 
 One ledger per consumer group, shared by the reader and the sinks of the same
 worker process: the job's hot path is one fused stage, so a record is read and
-published in the same process.
+published in the same process. On a runner that moves a partition between processes
+each process only knows what it read itself: ``resume_at`` forgets what a restriction
+start says is behind, and the reader commits only forward of the group's offset.
 """
 
 from __future__ import annotations
@@ -27,6 +29,13 @@ class _PartitionLedger:
         self.settled: set[int] = set()
         self.committable: int | None = None  # next offset to read after a restart
         self.committed: int | None = None
+
+
+def _advance(ledger: _PartitionLedger) -> None:
+    while ledger.outstanding and ledger.outstanding[0] in ledger.settled:
+        offset = ledger.outstanding.popleft()
+        ledger.settled.discard(offset)
+        ledger.committable = max(offset + 1, ledger.committable or 0)
 
 
 class OffsetLedger:
@@ -51,6 +60,22 @@ class OffsetLedger:
                 ordered = sorted({*ledger.outstanding, position.offset})
                 ledger.outstanding = collections.deque(ordered)
 
+    def resume_at(self, topic: str, partition: int, start: int) -> None:
+        """A new restriction of this partition starts at ``start`` in this process.
+
+        The runner only hands out a restriction starting at ``start`` once the bundles
+        that claimed the offsets before it have completed, their outcomes flushed,
+        somewhere. Offsets below it still outstanding here belong to a bundle that failed
+        in this process and was retried elsewhere: they would never settle, and would
+        hold back this process's commits of the partition forever.
+        """
+        with self._lock:
+            ledger = self._ledger(topic, partition)
+            while ledger.outstanding and ledger.outstanding[0] < start:
+                ledger.outstanding.popleft()
+            ledger.settled = {offset for offset in ledger.settled if offset >= start}
+            _advance(ledger)
+
     def settle(self, position: SourcePosition) -> None:
         """This record's outcome is acknowledged by the broker."""
         with self._lock:
@@ -58,10 +83,7 @@ class OffsetLedger:
             if ledger.committable is not None and position.offset < ledger.committable:
                 return  # a replay that read() did not track: nothing would ever clear it
             ledger.settled.add(position.offset)
-            while ledger.outstanding and ledger.outstanding[0] in ledger.settled:
-                offset = ledger.outstanding.popleft()
-                ledger.settled.discard(offset)
-                ledger.committable = max(offset + 1, ledger.committable or 0)
+            _advance(ledger)
 
     def to_commit(self, topic: str, partition: int) -> int | None:
         """The offset to commit now, or None when nothing new is settled."""

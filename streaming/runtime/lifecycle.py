@@ -20,6 +20,11 @@ def drain_requested() -> bool:
     return _DRAIN.is_set()
 
 
+def request_drain() -> None:
+    """Drain as if SIGTERM had arrived (e.g. the job lost its consumer group's lease)."""
+    _DRAIN.set()
+
+
 def install_signal_handlers() -> None:
     """First SIGTERM/SIGINT drains; a second one stops at once (nothing committed is lost)."""
     def handle(signum, _frame):
