@@ -38,19 +38,44 @@ class Announcer:
                 self._producer = KafkaProducer(
                     **self.config.client_kwargs(), acks="all", linger_ms=0,
                     max_block_ms=timeout_ms, request_timeout_ms=max(timeout_ms // 2, 1000),
-                    delivery_timeout_ms=timeout_ms)
+                    delivery_timeout_ms=timeout_ms, bootstrap_timeout_ms=timeout_ms)
             return self._producer
+
+    def connect(self) -> None:
+        """Connect now, so the first instance does not wait for it; an outage is not an
+        error here (instances are then refused until the broker answers)."""
+        try:
+            self._client()
+        except KafkaError as error:
+            LOG.warning("broker not reachable yet", extra={"detail": type(error).__name__})
 
     def send(self, topic: str, key: str, document: dict) -> None:
         """Publish one JSON document and wait for the broker's acknowledgement."""
+        producer = None
         try:
-            future = self._client().send(
+            producer = self._client()
+            future = producer.send(
                 topic, value=json.dumps(document, separators=(",", ":")).encode("utf-8"),
                 key=key.encode("utf-8"))
             future.get(timeout=self.timeout_s)
         except (KafkaError, TimeoutError) as error:
+            self._discard(producer)
             raise BrokerUnavailable(f"the broker did not acknowledge within "
                                     f"{self.timeout_s:.0f} s ({type(error).__name__})") from None
+
+    def _discard(self, producer: KafkaProducer | None) -> None:
+        """A producer that timed out can stay wedged after the broker is back (its
+        connection and idempotence state went stale): the next send starts afresh, and
+        records it still held are dropped rather than delivered after the sender was told
+        to retry."""
+        with self._lock:
+            if producer is None or self._producer is not producer:
+                return
+            self._producer = None
+        try:
+            producer.close(timeout=0)
+        except KafkaError:
+            pass
 
     def close(self) -> None:
         with self._lock:

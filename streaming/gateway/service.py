@@ -33,6 +33,7 @@ class Gateway:
         self._stopped = threading.Event()
 
     def start(self) -> "Gateway":
+        self.announcer.connect()
         if self.series:
             self.series.start()
         self.scp.start()

@@ -1,0 +1,299 @@
+"""The DICOM gateway with real peers: dcmtk's echoscu/storescu as a modality, Orthanc as a
+PACS, the embedded broker, and the real streaming job settling every announced image.
+
+Outcomes are counted by ``medimg reconcile``'s code from the topics, never by the gateway.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import urllib.request
+from pathlib import Path
+
+import pydicom
+import pytest
+
+from integration_tests.conftest import STUDY_IMAGE_SIZE
+from scenarios.dicom_peers import OrthancServer, PeerMissing, dicom_binary, run_scu
+from streaming.contracts import validation
+from streaming.contracts.events import parse_event
+from streaming.kafka.admin import ensure_topics
+from streaming.kafka.outcomes import OutcomeLog
+from streaming.kafka.reading import read_topic
+from streaming.local import phantoms
+from streaming.local.broker import free_port
+from streaming.local.local_gateway import LocalGateway
+from streaming.local.reference_data import scanner_files
+from streaming.tools.reconcile import reconcile
+
+MODALITY = "CT_ROOM_1"
+SCANNER_FILES = ("CT_small.dcm", "MR_small.dcm", "JPEG2000.dcm", "rtdose.dcm")
+
+
+def require(name: str) -> str:
+    """The program's path; under CI a missing one fails (naming its Debian package)."""
+    try:
+        return dicom_binary(name)
+    except PeerMissing as missing:
+        if os.environ.get("CI") == "true":
+            pytest.fail(str(missing))
+        pytest.skip(str(missing))
+
+
+@pytest.fixture
+def start_gateway(broker, topics, tmp_path):
+    gateways: list[LocalGateway] = []
+
+    def start(*extra: str, callers: str = MODALITY, dicomweb: bool = False,
+              storage_root: Path | None = None) -> LocalGateway:
+        gateway = LocalGateway(
+            bootstrap_servers=broker.bootstrap_servers, events_topic=topics.events,
+            storage_root=storage_root or tmp_path / "gateway-store", allowed_callers=callers,
+            log_path=tmp_path / f"gateway-{len(gateways)}.log", dicomweb=dicomweb,
+            extra=extra).start()
+        gateways.append(gateway)
+        return gateway
+
+    yield start
+    for gateway in gateways:
+        gateway.kill()
+
+
+# storescu proposes one compressed transfer syntax per run (and all uncompressed ones),
+# as a modality configured for it would: files are sent in one run per syntax.
+_PROPOSE = {"1.2.840.10008.1.2.4.50": "-xy", "1.2.840.10008.1.2.4.51": "-xx",
+            "1.2.840.10008.1.2.4.57": "-xs", "1.2.840.10008.1.2.4.70": "-xs",
+            "1.2.840.10008.1.2.4.80": "-xt", "1.2.840.10008.1.2.4.81": "-xu",
+            "1.2.840.10008.1.2.4.90": "-xv", "1.2.840.10008.1.2.4.91": "-xw",
+            "1.2.840.10008.1.2.5": "-xr", "1.2.840.10008.1.2.1.99": "-xd"}
+
+
+def store(gateway: LocalGateway, *paths: Path, calling: str = MODALITY,
+          options: tuple[str, ...] = ()) -> SendResult:
+    by_proposal: dict[str, list[Path]] = {}
+    for path in paths:
+        syntax = str(pydicom.dcmread(path, stop_before_pixels=True).file_meta.TransferSyntaxUID)
+        by_proposal.setdefault(_PROPOSE.get(syntax, "-x="), []).append(path)
+    runs = [run_scu("storescu", proposal, *options, "-aet", calling, "-aec", gateway.ae_title,
+                    "127.0.0.1", str(gateway.port), *map(str, group))
+            for proposal, group in by_proposal.items()]
+    return SendResult(max(r.returncode for r in runs),
+                      "".join(r.stdout + r.stderr for r in runs))
+
+
+@dataclasses.dataclass
+class SendResult:
+    returncode: int
+    output: str
+
+
+def events_on(kafka, topic: str) -> list:
+    return [parse_event(record.value) for record in read_topic(kafka, topic)]
+
+
+def scanner_file(name: str) -> Path:
+    found = [p for p in scanner_files() if p.name == name]
+    assert found, f"{name} is not among pydicom's test files"
+    return found[0]
+
+
+@pytest.fixture
+def modality_files(tmp_path) -> list[Path]:
+    """Real scanner files (CT, MR, JPEG 2000, an RT dose without an image the job can
+    score) and phantom chest studies in several transfer syntaxes."""
+    cases = phantoms.generate_study_set(tmp_path / "phantoms", 3, seed=15, size=STUDY_IMAGE_SIZE)
+    return [scanner_file(name) for name in SCANNER_FILES] + [c.path for c in cases]
+
+
+def test_a_modality_sends_with_dcmtk_and_every_image_is_settled_by_the_job(
+        kafka, topics, start_job, start_gateway, modality_files):
+    require("storescu")
+    job = start_job()
+    gateway = start_gateway()
+
+    echo = run_scu("echoscu", "-aet", MODALITY, "-aec", gateway.ae_title, "127.0.0.1",
+                   str(gateway.port))
+    assert echo.returncode == 0, echo.stdout + echo.stderr
+
+    sent = store(gateway, *modality_files)
+    assert sent.returncode == 0, sent.output
+    assert "Refused" not in sent.output
+
+    events = events_on(kafka, topics.events)
+    assert len(events) == len(modality_files)
+    headers = [pydicom.dcmread(p, stop_before_pixels=True) for p in modality_files]
+    assert sorted(e.sop_instance_uid for e in events) == sorted(
+        str(h.SOPInstanceUID) for h in headers)
+    for event in events:
+        stored = Path(event.uri)
+        # Stored by content hash under the storage root, and announced with that hash.
+        assert stored.parent.parent == gateway.storage_root.resolve()
+        assert stored.name == f"{event.sha256}.dcm"
+        assert event.sender == MODALITY
+        assert pydicom.dcmread(stored, stop_before_pixels=True).SOPInstanceUID == (
+            event.sop_instance_uid)
+    assert not list(gateway.storage_root.glob(".incoming-*")), "no half-written file is left"
+
+    with OutcomeLog(kafka, topics.findings, topics.dead_letters) as outcomes:
+        assert outcomes.wait_for([e.event_id for e in events], timeout_s=180), job.log_tail()
+    report = reconcile(kafka, topics.events, topics.findings, topics.dead_letters)
+    assert (report.lost, report.duplicated) == ([], {})
+    assert report.findings + report.dead_letters == len(modality_files)
+    assert job.running()
+
+
+def test_a_broker_outage_refuses_until_it_ends_and_resends_are_announced_once(
+        kafka, broker, topics, start_job, start_gateway, redis_server, tmp_path):
+    require("storescu")
+    job = start_job("--redis_url", redis_server.url)
+    gateway = start_gateway("--broker_timeout_s", "3")
+    files = [c.path for c in phantoms.generate_study_set(tmp_path / "studies", 2, seed=16,
+                                                         size=STUDY_IMAGE_SIZE)]
+    ensure_topics(kafka, {topics.events: 3})
+
+    broker.pause()
+    try:
+        # --no-halt: the modality goes on with the next instance after a failure.
+        during = store(gateway, *files, options=("--no-halt",))
+    finally:
+        broker.resume()
+    # The modality hears "out of resources" for every instance, in time, and will retry
+    # (with --no-halt storescu's exit status does not report failed stores).
+    assert (during.output).count("Refused: OutOfResources") == len(files)
+
+    retried = store(gateway, *files)
+    assert retried.returncode == 0, retried.output
+
+    # A gateway crash between the broker's ack and its answer: the modality sends again,
+    # and the new gateway announces the same events (same event_id) once more.
+    gateway.kill()
+    restarted = start_gateway("--broker_timeout_s", "3")
+    again = store(restarted, *files)
+    assert again.returncode == 0, again.output
+
+    events = events_on(kafka, topics.events)
+    assert len({e.event_id for e in events}) == len(files)
+    assert len(events) >= 2 * len(files)  # the retry and the resend are both on the topic
+    with OutcomeLog(kafka, topics.findings, topics.dead_letters) as outcomes:
+        assert outcomes.wait_for({e.event_id for e in events}, timeout_s=180), job.log_tail()
+        outcomes.drain(quiet_s=3)
+    report = reconcile(kafka, topics.events, topics.findings, topics.dead_letters)
+    assert report.events == len(files)
+    assert (report.lost, report.duplicated) == ([], {})
+    assert report.findings + report.dead_letters == len(files)
+
+
+def test_unknown_callers_are_rejected_and_oversized_instances_refused_whole(
+        kafka, topics, start_gateway, tmp_path):
+    require("storescu")
+    metrics_port = free_port()
+    big = scanner_file("CT_small.dcm")
+    small = phantoms.generate_study_set(tmp_path / "small", 1, seed=17, size=32)[0].path
+    assert small.stat().st_size < 20_000 < big.stat().st_size
+    gateway = start_gateway("--max_file_bytes", "20000", "--metrics_port", str(metrics_port),
+                            callers=f"{MODALITY},PINNED@127.0.0.2")
+
+    stranger = run_scu("echoscu", "-aet", "STRANGER", "-aec", gateway.ae_title, "127.0.0.1",
+                       str(gateway.port))
+    assert stranger.returncode != 0
+    assert "Calling AE Title Not Recognized" in stranger.stdout + stranger.stderr
+    # A known AE title from an address it is not pinned to is rejected too.
+    pinned = run_scu("echoscu", "-aet", "PINNED", "-aec", gateway.ae_title, "127.0.0.1",
+                     str(gateway.port))
+    assert pinned.returncode != 0
+
+    refused = store(gateway, big)
+    assert refused.returncode != 0
+    assert "Refused: OutOfResources" in refused.output
+    accepted = store(gateway, small)
+    assert accepted.returncode == 0, accepted.output
+
+    stored = [p for p in gateway.storage_root.rglob("*") if p.is_file()]
+    assert [p.name for p in stored] == [f"{events_on(kafka, topics.events)[0].sha256}.dcm"]
+    assert len(events_on(kafka, topics.events)) == 1
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics") as response:
+        scrape = response.read().decode()
+    assert 'medimg_gateway_refused_total{reason="calling_ae_not_allowed"} 1.0' in scrape
+    assert 'medimg_gateway_refused_total{reason="address_not_allowed"} 1.0' in scrape
+    assert 'medimg_gateway_refused_total{reason="too_large"} 1.0' in scrape
+    assert 'medimg_gateway_instances_announced_total 1.0' in scrape
+    assert "medimg_gateway_receive_to_ack_seconds_count 1.0" in scrape
+    header = pydicom.dcmread(small, stop_before_pixels=True)
+    for value in (header.PatientID, str(header.StudyInstanceUID)):
+        assert value not in scrape
+        assert value not in gateway.log_text()
+
+
+def test_orthanc_forwards_a_study_as_a_pacs_would(kafka, topics, start_gateway, tmp_path):
+    require("Orthanc")
+    gateway = start_gateway(callers="MEDIMG_PACS")
+    cases = phantoms.generate_study_set(tmp_path / "studies", 8, seed=18, size=STUDY_IMAGE_SIZE)
+    ct_study = max({c.study_instance_uid for c in cases},
+                   key=lambda uid: sum(c.study_instance_uid == uid for c in cases))
+    study_files = [c.path for c in cases if c.study_instance_uid == ct_study]
+    assert len(study_files) >= 2
+
+    with OrthancServer(tmp_path / "orthanc", ae_title="MEDIMG_PACS",
+                       modalities={"medimg": (gateway.ae_title, "127.0.0.1",
+                                              gateway.port)}) as orthanc:
+        study_ids = {orthanc.upload(path)["ParentStudy"] for path in study_files}
+        assert len(study_ids) == 1
+        answer = orthanc.post("/modalities/medimg/store", json.dumps(
+            {"Resources": sorted(study_ids), "Synchronous": True}).encode())
+    assert answer.get("FailedInstancesCount", 0) == 0, answer
+
+    events = events_on(kafka, topics.events)
+    assert sorted(e.sop_instance_uid for e in events) == sorted(
+        str(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID) for p in study_files)
+    assert {e.sender for e in events} == {"MEDIMG_PACS"}
+    assert {e.study_instance_uid for e in events} == {ct_study}
+
+
+def test_a_series_that_stops_growing_gets_one_notice_on_its_own_topic(
+        kafka, topics, start_gateway, tmp_path):
+    require("storescu")
+    notices_topic = f"series-complete-{topics.group}"
+    gateway = start_gateway("--series_complete_s", "1", "--notices_topic", notices_topic)
+    cases = phantoms.generate_study_set(tmp_path / "studies", 8, seed=19, size=32)
+    series_uid = max({c.series_instance_uid for c in cases},
+                     key=lambda uid: sum(c.series_instance_uid == uid for c in cases))
+    series_files = [c.path for c in cases if c.series_instance_uid == series_uid]
+    sent = store(gateway, *series_files)
+    assert sent.returncode == 0, sent.output
+
+    events = events_on(kafka, topics.events)
+    notices = _wait_for_records(kafka, notices_topic, 1)
+    assert len(notices) == 1
+    assert validation.errors(validation.SERIES_COMPLETE, notices[0]) == []
+    assert notices[0]["series_instance_uid"] == series_uid
+    assert notices[0]["instances"] == len(series_files)
+    assert notices[0]["event_ids"] == sorted(e.event_id for e in events)
+    # Never on the events topic, where the job would dead-letter it.
+    assert all(e.series_instance_uid == series_uid for e in events)
+    assert len(events) == len(series_files)
+
+
+def _wait_for_records(kafka, topic: str, count: int, timeout_s: float = 60) -> list[dict]:
+    import time  # noqa: PLC0415
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            found = [json.loads(r.value) for r in read_topic(kafka, topic, timeout_s=30)]
+        except Exception:  # noqa: BLE001 - the topic may not exist yet
+            found = []
+        if len(found) >= count or time.monotonic() > deadline:
+            return found
+        time.sleep(0.5)
+
+
+def test_dcmtk_is_found_or_named(monkeypatch):
+    """The message a user sees without dcmtk names the Debian package to install."""
+    monkeypatch.setenv("PATH", "/nonexistent")
+    monkeypatch.setattr(shutil, "which", lambda *a, **k: None)
+    with pytest.raises(PeerMissing, match="apt-get install dcmtk"):
+        dicom_binary("storescu")
