@@ -297,3 +297,22 @@ def test_dcmtk_is_found_or_named(monkeypatch):
     monkeypatch.setattr(shutil, "which", lambda *a, **k: None)
     with pytest.raises(PeerMissing, match="apt-get install dcmtk"):
         dicom_binary("storescu")
+
+
+def test_stow_rs_stores_and_announces_each_instance(kafka, topics, start_gateway, tmp_path):
+    from dicomweb_client.api import DICOMwebClient  # noqa: PLC0415
+
+    gateway = start_gateway(dicomweb=True, storage_root=tmp_path / "stow-store")
+    cases = phantoms.generate_study_set(tmp_path / "studies", 2, seed=20, size=32)
+    datasets = [pydicom.dcmread(c.path) for c in cases]
+    client = DICOMwebClient(url=f"http://127.0.0.1:{gateway.dicomweb_port}")
+    answer = client.store_instances(datasets=datasets)
+
+    events = events_on(kafka, topics.events)
+    assert sorted(e.sop_instance_uid for e in events) == sorted(
+        c.sop_instance_uid for c in cases)
+    assert {e.sender for e in events} == {"DICOMWEB"}
+    assert sorted(item.ReferencedSOPInstanceUID for item in answer.ReferencedSOPSequence) == (
+        sorted(c.sop_instance_uid for c in cases))
+    for event in events:
+        assert pydicom.dcmread(event.uri).SOPInstanceUID == event.sop_instance_uid
