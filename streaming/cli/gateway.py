@@ -55,6 +55,11 @@ def add_parser(commands) -> None:
 
 
 def run(args) -> int:
+    try:
+        import pynetdicom  # noqa: F401, PLC0415 - only gateways install the extra
+    except ImportError:
+        raise CliError("the DICOM gateway needs pynetdicom: pip install 'medimg[gateway]'"
+                       ) from None
     from streaming.gateway import metrics  # noqa: PLC0415
     from streaming.gateway.config import (GatewayConfig, GatewayConfigError,  # noqa: PLC0415
                                           TlsSettings, parse_callers)
