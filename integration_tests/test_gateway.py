@@ -316,3 +316,23 @@ def test_stow_rs_stores_and_announces_each_instance(kafka, topics, start_gateway
         sorted(c.sop_instance_uid for c in cases))
     for event in events:
         assert pydicom.dcmread(event.uri).SOPInstanceUID == event.sop_instance_uid
+
+
+def test_tls_senders_need_a_certificate_the_gateway_trusts(kafka, topics, start_gateway,
+                                                          tmp_path):
+    from scenarios.tls_front import self_signed_certificate  # noqa: PLC0415
+
+    require("storescu")
+    server_cert, server_key = self_signed_certificate(tmp_path / "gateway-tls")
+    client_cert, client_key = self_signed_certificate(tmp_path / "modality-tls")
+    gateway = start_gateway("--tls_certfile", str(server_cert), "--tls_keyfile",
+                            str(server_key), "--tls_cafile", str(client_cert))
+    image = phantoms.generate_study_set(tmp_path / "studies", 1, seed=21, size=32)[0].path
+
+    plain = store(gateway, image)
+    assert plain.returncode != 0
+    sent = store(gateway, image, options=("+tls", str(client_key), str(client_cert),
+                                          "+cf", str(server_cert)))
+    assert sent.returncode == 0, sent.output
+    assert [e.sop_instance_uid for e in events_on(kafka, topics.events)] == [
+        str(pydicom.dcmread(image, stop_before_pixels=True).SOPInstanceUID)]
