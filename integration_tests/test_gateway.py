@@ -27,6 +27,7 @@ from streaming.local import phantoms
 from streaming.local.broker import free_port
 from streaming.local.local_gateway import LocalGateway
 from streaming.local.reference_data import scanner_files
+from streaming.tools.dicom_send import STORESCU_PROPOSAL, send_files, transfer_syntax_of
 from streaming.tools.reconcile import reconcile
 
 MODALITY = "CT_ROOM_1"
@@ -62,21 +63,14 @@ def start_gateway(broker, topics, tmp_path):
         gateway.kill()
 
 
-# storescu proposes one compressed transfer syntax per run (and all uncompressed ones),
-# as a modality configured for it would: files are sent in one run per syntax.
-_PROPOSE = {"1.2.840.10008.1.2.4.50": "-xy", "1.2.840.10008.1.2.4.51": "-xx",
-            "1.2.840.10008.1.2.4.57": "-xs", "1.2.840.10008.1.2.4.70": "-xs",
-            "1.2.840.10008.1.2.4.80": "-xt", "1.2.840.10008.1.2.4.81": "-xu",
-            "1.2.840.10008.1.2.4.90": "-xv", "1.2.840.10008.1.2.4.91": "-xw",
-            "1.2.840.10008.1.2.5": "-xr", "1.2.840.10008.1.2.1.99": "-xd"}
-
-
 def store(gateway: LocalGateway, *paths: Path, calling: str = MODALITY,
           options: tuple[str, ...] = ()) -> SendResult:
+    """storescu, one run per transfer syntax: it proposes one compressed syntax per run,
+    as a modality configured for it would."""
     by_proposal: dict[str, list[Path]] = {}
     for path in paths:
-        syntax = str(pydicom.dcmread(path, stop_before_pixels=True).file_meta.TransferSyntaxUID)
-        by_proposal.setdefault(_PROPOSE.get(syntax, "-x="), []).append(path)
+        by_proposal.setdefault(STORESCU_PROPOSAL.get(transfer_syntax_of(path), "-x="),
+                               []).append(path)
     runs = [run_scu("storescu", proposal, *options, "-aet", calling, "-aec", gateway.ae_title,
                     "127.0.0.1", str(gateway.port), *map(str, group))
             for proposal, group in by_proposal.items()]
@@ -336,3 +330,28 @@ def test_tls_senders_need_a_certificate_the_gateway_trusts(kafka, topics, start_
     assert sent.returncode == 0, sent.output
     assert [e.sop_instance_uid for e in events_on(kafka, topics.events)] == [
         str(pydicom.dcmread(image, stop_before_pixels=True).SOPInstanceUID)]
+
+
+def test_pynetdicom_sends_where_dcmtk_is_absent(kafka, topics, start_gateway, tmp_path):
+    gateway = start_gateway()
+    cases = phantoms.generate_study_set(tmp_path / "studies", 3, seed=22, size=32)
+    sent = send_files([c.path for c in cases], host="127.0.0.1", port=gateway.port,
+                      called_ae=gateway.ae_title, calling_ae=MODALITY, use_dcmtk=False)
+    assert [s.status for s in sent] == [0] * len(cases)
+    assert sorted(e.sop_instance_uid for e in events_on(kafka, topics.events)) == sorted(
+        c.sop_instance_uid for c in cases)
+
+
+def test_the_demo_sends_its_studies_through_the_gateway(phantom_registry, tmp_path):
+    import io  # noqa: PLC0415
+
+    from rich.console import Console  # noqa: PLC0415
+
+    from streaming.local.demo import run_demo  # noqa: PLC0415
+
+    shutil.copytree(phantom_registry, tmp_path / "demo" / "registry")
+    screen = io.StringIO()
+    assert run_demo(workdir=str(tmp_path / "demo"), studies=4, seed=23,
+                    console=Console(file=screen, width=120)) == 0, screen.getvalue()
+    assert "DICOM gateway" in screen.getvalue()
+    assert list((tmp_path / "demo" / "received").rglob("*.dcm"))
