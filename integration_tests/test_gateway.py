@@ -357,3 +357,21 @@ def test_the_demo_sends_its_studies_through_the_gateway(phantom_registry, tmp_pa
                     console=Console(file=screen, width=120)) == 0, screen.getvalue()
     assert "DICOM gateway" in screen.getvalue()
     assert list((tmp_path / "demo" / "received").rglob("*.dcm"))
+
+
+def test_stow_rs_refuses_an_oversized_instance_with_its_status(kafka, topics, start_gateway,
+                                                               tmp_path):
+    import requests  # noqa: PLC0415 - dicomweb-client's own HTTP library
+
+    gateway = start_gateway("--max_file_bytes", "20000", dicomweb=True,
+                            storage_root=tmp_path / "stow-store")
+    big = scanner_file("CT_small.dcm").read_bytes()
+    body = (b"--B\r\nContent-Type: application/dicom\r\n\r\n" + big + b"\r\n--B--\r\n")
+    answer = requests.post(f"http://127.0.0.1:{gateway.dicomweb_port}/studies", data=body,
+                           headers={"Content-Type": 'multipart/related; type="application/'
+                                                    'dicom"; boundary=B'}, timeout=60)
+    assert answer.status_code == 409
+    assert answer.json()["00081198"]["Value"] == [{"00081197": {"vr": "US",
+                                                                "Value": [0xA700]}}]
+    assert not [p for p in (tmp_path / "stow-store").rglob("*") if p.is_file()]
+    assert events_on(kafka, topics.events) == []

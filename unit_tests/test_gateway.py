@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import socket
 import time
+import warnings
 
 import pydicom
 import pytest
@@ -74,6 +75,33 @@ def test_without_a_broker_the_instance_is_refused_for_a_retry(tmp_path):
     assert refused.value.reason == "broker_unavailable" and refused.value.retry
     assert time.monotonic() - started < 30, "the sender must hear before its DIMSE timeout"
     announcer.close()
+
+
+def _dicom_bytes(**changes) -> bytes:
+    dataset = pydicom.dcmread(pydicom.data.get_testdata_file("CT_small.dcm"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # pydicom warns about the invalid UIDs we want
+        for keyword, value in changes.items():
+            setattr(dataset, keyword, value)
+    buffer = io.BytesIO()
+    dataset.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("payload, reason", [
+    (b"not a DICOM file" * 20, "unreadable_header"),
+    (_dicom_bytes(SOPInstanceUID=""), "missing_uids"),
+    (_dicom_bytes(StudyInstanceUID="1.2.abc"), "invalid_header"),
+])
+def test_what_cannot_be_announced_is_refused_for_good_and_not_stored(tmp_path, payload,
+                                                                    reason):
+    announcer = Announcer(KafkaConfig(f"127.0.0.1:{_closed_port()}"), timeout_s=1.0)
+    intake = Intake(InstanceStore(str(tmp_path / "store"), 10**7), announcer, "image-events")
+    with pytest.raises(Refusal) as refused:
+        intake.accept(io.BytesIO(payload), sender="CT_ROOM_1", protocol="dimse")
+    assert (refused.value.reason, refused.value.retry) == (reason, False)
+    assert status_for(refused.value) == CANNOT_UNDERSTAND
+    assert not [p for p in (tmp_path / "store").rglob("*") if p.is_file()]
 
 
 def test_stow_bodies_are_split_into_parts_across_reads(monkeypatch):

@@ -93,7 +93,7 @@ class Intake:
         self.announcer = announcer
         self.events_topic = events_topic
         self.priority = priority
-        self.on_announced = on_announced  # (event, header) -> None, e.g. series tracking
+        self.on_announced = on_announced  # (event) -> None, e.g. series tracking
         self._recent: collections.OrderedDict[str, None] = collections.OrderedDict()
         self._lock = threading.Lock()
 
@@ -104,7 +104,9 @@ class Intake:
         metrics.RECEIVED.labels(protocol).inc()
         try:
             try:
-                stored = self.store.store(source)
+                # The header is checked before the file is committed: what cannot be
+                # announced is not stored either.
+                stored = self.store.store(source, inspect=self._announceable_header)
             except InstanceTooLarge as error:
                 raise Refusal("too_large", str(error), retry=False) from None
             except StorageFailed as error:
@@ -112,21 +114,8 @@ class Intake:
                               f"({error})", retry=True) from None
             if stored.newly_written:
                 metrics.STORED.inc()
-            header = read_header(stored.uri) if not self.store.remote else self._remote_header(
-                stored.uri)
-            event = new_event(
-                event_id=event_id_for(header.sop_instance_uid, stored.sha256),
-                study_instance_uid=header.study_instance_uid,
-                series_instance_uid=header.series_instance_uid,
-                sop_instance_uid=header.sop_instance_uid, modality=header.modality,
-                body_part_examined=header.body_part_examined, uri=stored.uri,
-                content_type="application/dicom", sender=sender, priority=self.priority,
-                sha256=stored.sha256)
-            problems = validation.violated_fields(validation.IMAGE_EVENT, event.to_document())
-            if problems:
-                # e.g. UIDs that are not DICOM UIDs: the job could only dead-letter it.
-                raise Refusal("invalid_header", "the header does not make a valid image "
-                              "event: " + "; ".join(problems), retry=False)
+            header: Header = stored.inspected
+            event = self._event(header, stored.uri, stored.sha256, sender)
             if self._seen(event.event_id):
                 LOG.info("instance received again; already announced",
                          extra={"event_id": event.event_id, "sender": sender})
@@ -152,11 +141,27 @@ class Intake:
             self.on_announced(event)
         return Accepted(event, announced_now=True)
 
-    def _remote_header(self, uri: str) -> Header:
-        from apache_beam.io.filesystems import FileSystems  # noqa: PLC0415 - gs:// only
+    def _event(self, header: Header, uri: str, sha256: str, sender: str) -> ImageEvent:
+        return new_event(
+            event_id=event_id_for(header.sop_instance_uid, sha256),
+            study_instance_uid=header.study_instance_uid,
+            series_instance_uid=header.series_instance_uid,
+            sop_instance_uid=header.sop_instance_uid, modality=header.modality,
+            body_part_examined=header.body_part_examined, uri=uri,
+            content_type="application/dicom", sender=sender, priority=self.priority,
+            sha256=sha256)
 
-        with FileSystems.open(uri, compression_type="uncompressed") as handle:
-            return read_header(handle)
+    def _announceable_header(self, path: str) -> Header:
+        """The header, if it makes a valid image event (else the job could only
+        dead-letter it, e.g. UIDs that are not DICOM UIDs)."""
+        header = read_header(path)
+        provisional = self._event(header, path, "0" * 64, "GATEWAY")
+        problems = validation.violated_fields(validation.IMAGE_EVENT,
+                                              provisional.to_document())
+        if problems:
+            raise Refusal("invalid_header", "the header does not make a valid image "
+                          "event: " + "; ".join(problems), retry=False)
+        return header
 
     def _seen(self, event_id: str) -> bool:
         with self._lock:

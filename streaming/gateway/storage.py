@@ -15,7 +15,9 @@ import hashlib
 import os
 import tempfile
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Callable, TypeVar
+
+T = TypeVar("T")
 
 _CHUNK = 1024 * 1024
 
@@ -34,6 +36,7 @@ class StoredInstance:
     sha256: str
     size: int
     newly_written: bool
+    inspected: object = None  # what ``inspect`` returned
 
 
 def _is_remote(root: str) -> bool:
@@ -50,51 +53,60 @@ class InstanceStore:
             self.root = str(Path(root.removeprefix("file://")).resolve())
             Path(self.root).mkdir(parents=True, exist_ok=True)
 
-    def store(self, source: BinaryIO) -> StoredInstance:
-        """Copy ``source`` to its content address; raises InstanceTooLarge or StorageFailed."""
+    def store(self, source: BinaryIO,
+              inspect: Callable[[str], T] | None = None) -> StoredInstance:
+        """Copy ``source`` to its content address; raises InstanceTooLarge or StorageFailed.
+
+        ``inspect`` reads the received copy (a local path) before it is committed; what it
+        raises leaves nothing stored, and what it returns comes back as ``inspected``.
+        """
+        inspect = inspect or (lambda _path: None)
         try:
             if self.remote:
-                return self._store_remote(source)
-            return self._store_local(source)
+                return self._store_remote(source, inspect)
+            return self._store_local(source, inspect)
         except OSError as error:
             raise StorageFailed(f"{type(error).__name__} (errno {error.errno})") from None
 
-    def _store_local(self, source: BinaryIO) -> StoredInstance:
+    def _store_local(self, source: BinaryIO, inspect) -> StoredInstance:
         handle = tempfile.NamedTemporaryFile(dir=self.root, prefix=".incoming-", delete=False)
         try:
             with handle:
                 digest, size = _copy_hashed(source, handle, self.max_bytes)
                 handle.flush()
                 os.fsync(handle.fileno())
+            inspected = inspect(handle.name)
             final = Path(self.root) / digest[:2] / f"{digest}.dcm"
             if final.exists():
                 os.unlink(handle.name)
-                return StoredInstance(str(final), digest, size, newly_written=False)
+                return StoredInstance(str(final), digest, size, False, inspected)
             final.parent.mkdir(exist_ok=True)
             os.replace(handle.name, final)
             _fsync_dir(final.parent)
             _fsync_dir(Path(self.root))
-            return StoredInstance(str(final), digest, size, newly_written=True)
+            return StoredInstance(str(final), digest, size, True, inspected)
         except BaseException:
             if os.path.exists(handle.name):
                 os.unlink(handle.name)
             raise
 
-    def _store_remote(self, source: BinaryIO) -> StoredInstance:
+    def _store_remote(self, source: BinaryIO, inspect) -> StoredInstance:
         # The content address is known only after reading everything: spool to a local
         # temporary file first (bounded by max_bytes), then upload once under its name.
         from apache_beam.io.filesystems import FileSystems  # noqa: PLC0415 - gs:// only
 
-        with tempfile.TemporaryFile() as spool:
+        with tempfile.NamedTemporaryFile(prefix="medimg-gateway-") as spool:
             digest, size = _copy_hashed(source, spool, self.max_bytes)
+            spool.flush()
+            inspected = inspect(spool.name)
             uri = f"{self.root}/{digest[:2]}/{digest}.dcm"
             if FileSystems.exists(uri):
-                return StoredInstance(uri, digest, size, newly_written=False)
+                return StoredInstance(uri, digest, size, False, inspected)
             spool.seek(0)
             with FileSystems.create(uri, mime_type="application/dicom") as upload:
                 while chunk := spool.read(_CHUNK):
                     upload.write(chunk)
-            return StoredInstance(uri, digest, size, newly_written=True)
+            return StoredInstance(uri, digest, size, True, inspected)
 
 
 def _copy_hashed(source: BinaryIO, target: BinaryIO, max_bytes: int) -> tuple[str, int]:
