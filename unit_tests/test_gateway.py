@@ -79,12 +79,12 @@ def test_without_a_broker_the_instance_is_refused_for_a_retry(tmp_path):
 
 def _dicom_bytes(**changes) -> bytes:
     dataset = pydicom.dcmread(pydicom.data.get_testdata_file("CT_small.dcm"))
+    buffer = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # pydicom warns about the invalid UIDs we want
         for keyword, value in changes.items():
             setattr(dataset, keyword, value)
-    buffer = io.BytesIO()
-    dataset.save_as(buffer, enforce_file_format=True)
+        dataset.save_as(buffer, enforce_file_format=True)
     return buffer.getvalue()
 
 

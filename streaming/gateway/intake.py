@@ -26,6 +26,7 @@ from streaming.contracts.events import ImageEvent, new_event
 from streaming.gateway import metrics
 from streaming.gateway.announcing import Announcer, BrokerUnavailable
 from streaming.gateway.storage import InstanceStore, InstanceTooLarge, StorageFailed
+from streaming.runtime.logs import silence_phi_sources
 
 LOG = logging.getLogger(__name__)
 
@@ -89,6 +90,8 @@ def read_header(path) -> Header:
 class Intake:
     def __init__(self, store: InstanceStore, announcer: Announcer, events_topic: str,
                  priority: str = "routine", on_announced=None):
+        # pydicom quotes invalid header values (patient identity) in warnings and logs.
+        silence_phi_sources()
         self.store = store
         self.announcer = announcer
         self.events_topic = events_topic
