@@ -69,10 +69,16 @@ class StoreScp:
     def port(self) -> int:
         return self._server.server_address[1] if self._server else self.config.port
 
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server = None
+    def stop(self, drain_s: float = 30.0) -> None:
+        """Stop listening, then let associations in progress finish (up to ``drain_s``):
+        their senders get answers instead of a dropped connection."""
+        if self._server is None:
+            return
+        self._server.shutdown()
+        self._server = None
+        deadline = time.monotonic() + drain_s
+        while self.ae.active_associations and time.monotonic() < deadline:
+            time.sleep(0.1)
 
     def _ssl_context(self) -> ssl.SSLContext | None:
         tls = self.config.tls
