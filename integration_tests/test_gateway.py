@@ -375,3 +375,40 @@ def test_stow_rs_refuses_an_oversized_instance_with_its_status(kafka, topics, st
                                                                 "Value": [0xA700]}}]
     assert not [p for p in (tmp_path / "stow-store").rglob("*") if p.is_file()]
     assert events_on(kafka, topics.events) == []
+
+
+def test_no_canary_identity_reaches_the_gateways_logs_metrics_or_events(
+        kafka, topics, broker, tmp_path):
+    """Real files with canary patient identities (some broken, some with canaries where a
+    header reader must look) sent with storescu to a gateway logging at DEBUG."""
+    from scenarios import phi  # noqa: PLC0415
+
+    require("storescu")
+    metrics_port = free_port()
+    gateway = LocalGateway(
+        bootstrap_servers=broker.bootstrap_servers, events_topic=topics.events,
+        storage_root=tmp_path / "store", allowed_callers=MODALITY,
+        log_path=tmp_path / "gateway.log", extra=("--metrics_port", str(metrics_port)),
+        env={"MEDIMG_LOG_LEVEL": "DEBUG"}).start()
+    try:
+        canaries = phi.write_canary_files(tmp_path / "canary")
+        readable = [c.path for c in canaries if _has_meta(c.path)]
+        sent = store(gateway, *readable, options=("--no-halt",))
+        assert "Received Store Response (Success)" in sent.output
+        with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics") as response:
+            scrape = response.read().decode()
+        events = "\n".join(record.value.decode("utf-8", "replace")
+                           for record in read_topic(kafka, topics.events))
+    finally:
+        gateway.stop()
+    assert events, "some canary files must have been announced"
+    hits = phi.canary_hits({"gateway_log": gateway.log_text(), "metrics": scrape,
+                            "events": events})
+    assert phi.total_hits(hits) == 0, hits
+
+
+def _has_meta(path: Path) -> bool:
+    try:
+        return bool(pydicom.dcmread(path, stop_before_pixels=True).file_meta.TransferSyntaxUID)
+    except Exception:  # noqa: BLE001 - broken on purpose; storescu could not send it either
+        return False

@@ -77,7 +77,8 @@ class StoreScp:
         self._server.shutdown()
         self._server = None
         deadline = time.monotonic() + drain_s
-        while self.ae.active_associations and time.monotonic() < deadline:
+        while time.monotonic() < deadline and any(
+                assoc.is_established for assoc in self.ae.active_associations):
             time.sleep(0.1)
 
     def _ssl_context(self) -> ssl.SSLContext | None:
