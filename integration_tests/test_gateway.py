@@ -247,6 +247,32 @@ def test_orthanc_forwards_a_study_as_a_pacs_would(kafka, topics, start_gateway, 
     assert {e.study_instance_uid for e in events} == {ct_study}
 
 
+def test_orthanc_forwards_over_stow_rs_with_its_dicomweb_plugin(kafka, topics, start_gateway,
+                                                                tmp_path):
+    require("Orthanc")
+    gateway = start_gateway(dicomweb=True, callers="UNUSED")
+    cases = phantoms.generate_study_set(tmp_path / "studies", 2, seed=24, size=32)
+    orthanc = OrthancServer(tmp_path / "orthanc", modalities={}, dicomweb_servers={
+        "medimg": f"http://127.0.0.1:{gateway.dicomweb_port}/"})
+    try:
+        orthanc.start()
+    except PeerMissing as missing:  # the DICOMweb plugin
+        if os.environ.get("CI") == "true":
+            pytest.fail(str(missing))
+        pytest.skip(str(missing))
+    try:
+        study_ids = sorted({orthanc.upload(c.path)["ParentStudy"] for c in cases})
+        orthanc.post("/dicom-web/servers/medimg/stow", json.dumps(
+            {"Resources": study_ids, "Synchronous": True}).encode())
+    finally:
+        orthanc.stop()
+
+    events = events_on(kafka, topics.events)
+    assert sorted(e.sop_instance_uid for e in events) == sorted(
+        c.sop_instance_uid for c in cases)
+    assert {e.sender for e in events} == {"DICOMWEB"}
+
+
 def test_a_series_that_stops_growing_gets_one_notice_on_its_own_topic(
         kafka, topics, start_gateway, tmp_path):
     notices_topic = f"series-complete-{topics.group}"

@@ -46,12 +46,13 @@ class OrthancServer:
     """Orthanc with DICOM and HTTP on free loopback ports and one target modality."""
 
     def __init__(self, workdir: str | Path, modalities: dict[str, tuple[str, str, int]],
-                 ae_title: str = "ORTHANC"):
+                 ae_title: str = "ORTHANC", dicomweb_servers: dict[str, str] | None = None):
         self.workdir = Path(workdir)
         self.http_port = free_port()
         self.dicom_port = free_port()
         self.ae_title = ae_title
         self.modalities = modalities  # name -> (AE title, host, port)
+        self.dicomweb_servers = dicomweb_servers or {}  # name -> base URL (STOW-RS targets)
         self.process: subprocess.Popen | None = None
 
     @property
@@ -60,6 +61,9 @@ class OrthancServer:
 
     def start(self, timeout_s: float = 60.0) -> "OrthancServer":
         binary = dicom_binary("Orthanc")
+        if self.dicomweb_servers and not Path(ORTHANC_DICOMWEB_PLUGIN).is_file():
+            raise PeerMissing(f"{ORTHANC_DICOMWEB_PLUGIN} is not installed: apt-get install "
+                              "orthanc-dicomweb (Debian package 'orthanc-dicomweb')")
         self.workdir.mkdir(parents=True, exist_ok=True)
         config = {
             "Name": "medimg-test-pacs", "DicomAet": self.ae_title,
@@ -68,8 +72,11 @@ class OrthancServer:
             "StorageDirectory": str(self.workdir / "storage"),
             "IndexDirectory": str(self.workdir / "storage"),
             "DicomModalities": {name: list(peer) for name, peer in self.modalities.items()},
-            "Plugins": [],
+            "Plugins": [ORTHANC_DICOMWEB_PLUGIN] if self.dicomweb_servers else [],
         }
+        if self.dicomweb_servers:
+            config["DicomWeb"] = {"Enable": True, "Servers": {
+                name: [url] for name, url in self.dicomweb_servers.items()}}
         (self.workdir / "orthanc.json").write_text(json.dumps(config, indent=2))
         with open(self.workdir / "orthanc.log", "ab") as log:
             self.process = subprocess.Popen([binary, str(self.workdir / "orthanc.json")],

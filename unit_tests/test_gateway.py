@@ -114,6 +114,12 @@ def test_stow_bodies_are_split_into_parts_across_reads(monkeypatch):
     assert found == parts
     with pytest.raises(stow.BadRequest):
         list(stow.multipart_parts(io.BytesIO(body[:40]), b"BOUND", 40))
+    # The same body sent chunked, as Orthanc's DICOMweb client sends it.
+    chunked = b"".join(b"%x\r\n%s\r\n" % (len(body[i:i + 50]), body[i:i + 50])
+                       for i in range(0, len(body), 50)) + b"0\r\n\r\n"
+    found = [part.read() for part in stow.multipart_parts(
+        stow.ChunkedBody(io.BytesIO(chunked)), b"BOUND", None)]
+    assert found == parts
 
 
 def test_series_complete_notices_follow_their_schema_which_is_open_for_additions():

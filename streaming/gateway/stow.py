@@ -36,9 +36,43 @@ class BadRequest(Exception):
     pass
 
 
-def multipart_parts(body: BinaryIO, boundary: bytes, length: int) -> Iterator[BinaryIO]:
-    """Each part's content as a temporary file (rewound), read from ``length`` bytes."""
-    remaining = [length]
+class ChunkedBody:
+    """The body of a ``Transfer-Encoding: chunked`` request as a plain stream (Orthanc's
+    DICOMweb client and many PACS send chunked)."""
+
+    def __init__(self, raw: BinaryIO):
+        self.raw = raw
+        self.left = 0       # bytes left in the current chunk
+        self.done = False
+
+    def read(self, n: int) -> bytes:
+        if self.done:
+            return b""
+        if self.left == 0:
+            size_line = self.raw.readline(1024)
+            try:
+                self.left = int(size_line.split(b";", 1)[0].strip(), 16)
+            except ValueError:
+                raise BadRequest("a chunk size is not hexadecimal") from None
+            if self.left == 0:
+                while self.raw.readline(1024) not in (b"\r\n", b"\n", b""):
+                    pass  # trailers
+                self.done = True
+                return b""
+        data = self.raw.read(min(n, self.left))
+        if not data:
+            raise BadRequest("the body ends inside a chunk")
+        self.left -= len(data)
+        if self.left == 0:
+            self.raw.readline(1024)  # the CRLF after each chunk
+        return data
+
+
+def multipart_parts(body: BinaryIO, boundary: bytes,
+                    length: int | None) -> Iterator[BinaryIO]:
+    """Each part's content as a temporary file (rewound), read from ``length`` bytes of
+    ``body`` (None: to its end, for a chunked body)."""
+    remaining = [length if length is not None else float("inf")]
 
     def read(n: int) -> bytes:
         data = body.read(min(n, remaining[0])) if remaining[0] > 0 else b""
@@ -145,13 +179,14 @@ class _StowHandler(BaseHTTPRequestHandler):
         if not content_type.lower().startswith("multipart/related") or boundary is None:
             return self._answer(415, {"error": 'send multipart/related; type="application/'
                                                'dicom" with a boundary'})
-        if self.headers.get("Content-Length") is None:
-            return self._answer(411, {"error": "send a Content-Length (chunked bodies are "
-                                               "not accepted)"})
+        chunked = "chunked" in self.headers.get("Transfer-Encoding", "").lower()
+        if self.headers.get("Content-Length") is None and not chunked:
+            return self._answer(411, {"error": "send a Content-Length or a chunked body"})
+        body, length = ((ChunkedBody(self.rfile), None) if chunked
+                        else (self.rfile, int(self.headers["Content-Length"])))
         referenced, failed, retry_later = [], [], False
         try:
-            for part in multipart_parts(self.rfile, boundary.group(1).encode(),
-                                        int(self.headers["Content-Length"])):
+            for part in multipart_parts(body, boundary.group(1).encode(), length):
                 with part:
                     received_at = time.monotonic()
                     try:
