@@ -44,6 +44,17 @@ def test_instances_are_stored_once_by_content_and_never_half(tmp_path):
     assert [p.name for p in tmp_path.rglob("*") if p.is_file()] == [f"{first.sha256}.dcm"]
 
 
+def test_a_crashed_gateways_partial_files_are_removed_at_start(tmp_path):
+    import os  # noqa: PLC0415
+
+    stale, fresh = tmp_path / ".incoming-stale", tmp_path / ".incoming-fresh"
+    stale.write_bytes(b"half")
+    fresh.write_bytes(b"in progress")
+    os.utime(stale, (time.time() - 2 * 86400,) * 2)
+    InstanceStore(str(tmp_path), max_bytes=1000)
+    assert (stale.exists(), fresh.exists()) == (False, True)
+
+
 def test_allowed_callers_come_from_configuration():
     callers = parse_callers("CR_ROOM_3, PACS@10.0.0.5,PACS@10.0.0.6")
     assert callers["CR_ROOM_3"].admits("192.168.1.9")

@@ -14,12 +14,16 @@ import dataclasses
 import hashlib
 import os
 import tempfile
+import time
 from pathlib import Path
 from typing import BinaryIO, Callable, TypeVar
 
 T = TypeVar("T")
 
 _CHUNK = 1024 * 1024
+# A partial file this old is a crashed gateway's leftover (its sender was never answered
+# success and sends again); younger ones may be another gateway's write in progress.
+_STALE_S = 3600
 
 
 class InstanceTooLarge(Exception):
@@ -52,6 +56,15 @@ class InstanceStore:
         else:
             self.root = str(Path(root.removeprefix("file://")).resolve())
             Path(self.root).mkdir(parents=True, exist_ok=True)
+            self._remove_stale_partials()
+
+    def _remove_stale_partials(self) -> None:
+        for partial in Path(self.root).glob(".incoming-*"):
+            try:
+                if time.time() - partial.stat().st_mtime > _STALE_S:
+                    partial.unlink()
+            except OSError:
+                pass  # another gateway removed or renamed it meanwhile
 
     def store(self, source: BinaryIO,
               inspect: Callable[[str], T] | None = None) -> StoredInstance:
