@@ -348,16 +348,31 @@ def test_tls_senders_need_a_certificate_the_gateway_trusts(kafka, topics, start_
     server_cert, server_key = self_signed_certificate(tmp_path / "gateway-tls")
     client_cert, client_key = self_signed_certificate(tmp_path / "modality-tls")
     gateway = start_gateway("--tls_certfile", str(server_cert), "--tls_keyfile",
-                            str(server_key), "--tls_cafile", str(client_cert))
-    image = phantoms.generate_study_set(tmp_path / "studies", 1, seed=21, size=32)[0].path
+                            str(server_key), "--tls_cafile", str(client_cert), dicomweb=True)
+    image, other = [c.path for c in phantoms.generate_study_set(tmp_path / "studies", 2,
+                                                                 seed=21, size=32)][:2]
 
     plain = store(gateway, image)
     assert plain.returncode != 0
     sent = store(gateway, image, options=("+tls", str(client_key), str(client_cert),
                                           "+cf", str(server_cert)))
     assert sent.returncode == 0, sent.output
-    assert [e.sop_instance_uid for e in events_on(kafka, topics.events)] == [
-        str(pydicom.dcmread(image, stop_before_pixels=True).SOPInstanceUID)]
+
+    # STOW-RS on the same certificate, with the same demand for a client certificate.
+    import requests  # noqa: PLC0415
+
+    url = f"https://127.0.0.1:{gateway.dicomweb_port}/studies"
+    body = (b"--B\r\nContent-Type: application/dicom\r\n\r\n" + other.read_bytes()
+            + b"\r\n--B--\r\n")
+    headers = {"Content-Type": 'multipart/related; type="application/dicom"; boundary=B'}
+    with pytest.raises(requests.exceptions.RequestException):
+        requests.post(url, data=body, headers=headers, verify=str(server_cert), timeout=30)
+    answer = requests.post(url, data=body, headers=headers, verify=str(server_cert),
+                           cert=(str(client_cert), str(client_key)), timeout=30)
+    assert answer.status_code == 200, answer.text
+
+    assert sorted(e.sop_instance_uid for e in events_on(kafka, topics.events)) == sorted(
+        str(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID) for p in (image, other))
 
 
 def test_pynetdicom_sends_where_dcmtk_is_absent(kafka, topics, start_gateway, tmp_path):

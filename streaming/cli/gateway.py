@@ -96,7 +96,8 @@ def run(args) -> int:
         raise CliError(f"cannot listen on {args.host}:{args.port} ({error.strerror}); "
                        "pick a free port with --port") from None
     print(f"DICOM gateway {config.ae_title} listening on {config.host}:{gateway.scp.port}"
-          + (f", STOW-RS on http://{config.host}:{gateway.stow.port}/studies"
+          + (f", STOW-RS on {'https' if config.tls else 'http'}://{config.host}:"
+             f"{gateway.stow.port}/studies"
              if gateway.stow else "") + f"; announcing on {args.events_topic}", flush=True)
     gateway.run_until_stopped()
     return 0

@@ -131,12 +131,23 @@ def multipart_parts(body: BinaryIO, boundary: bytes,
         yield part
 
 
+class _Server(ThreadingHTTPServer):
+    def handle_error(self, request, client_address):
+        """One structured line instead of the base class's traceback on stderr (a failed
+        TLS handshake, a client that went away)."""
+        import sys  # noqa: PLC0415
+
+        error = sys.exc_info()[1]
+        LOG.warning("STOW-RS connection failed", extra={
+            "peer_address": client_address[0], "error": type(error).__name__})
+
+
 class StowServer:
     def __init__(self, config: GatewayConfig, intake: Intake):
         self.config = config
         self.intake = intake
         handler = type("StowHandler", (_StowHandler,), {"intake": intake, "config": config})
-        self.server = ThreadingHTTPServer((config.host, config.dicomweb_port or 0), handler)
+        self.server = _Server((config.host, config.dicomweb_port or 0), handler)
         self.server.daemon_threads = True
         if config.tls:
             context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
@@ -144,7 +155,10 @@ class StowServer:
             if config.tls.cafile:
                 context.load_verify_locations(config.tls.cafile)
                 context.verify_mode = ssl.CERT_REQUIRED
-            self.server.socket = context.wrap_socket(self.server.socket, server_side=True)
+            # The handshake runs in each request's thread (see _StowHandler.setup): done
+            # at accept, one stalled client would hold up every other.
+            self.server.socket = context.wrap_socket(self.server.socket, server_side=True,
+                                                     do_handshake_on_connect=False)
         self._thread = threading.Thread(target=self.server.serve_forever, name="stow-rs",
                                         daemon=True)
 
@@ -167,6 +181,12 @@ class _StowHandler(BaseHTTPRequestHandler):
     intake: Intake
     config: GatewayConfig
     protocol_version = "HTTP/1.1"
+
+    def setup(self):
+        if isinstance(self.request, ssl.SSLSocket):
+            self.request.settimeout(30)
+            self.request.do_handshake()
+        super().setup()
 
     def log_message(self, format, *args):  # noqa: A002 - the base class's name
         """The base class prints request lines (with study UIDs) to stderr; we do not."""
