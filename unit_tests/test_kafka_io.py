@@ -169,16 +169,22 @@ class _CheckpointingTracker:
         pass
 
 
-def test_records_polled_past_a_checkpoint_are_read_by_the_remainder():
+def reader_of_five_records(group: str, **settings):
+    """A partition reader whose one partition holds offsets 0-4, and a bundle finalizer."""
     from kafka import TopicPartition  # noqa: PLC0415
 
-    reader = ReadPartitions(ReaderSettings(KafkaConfig(), "events", "checkpoint-test"))
+    reader = ReadPartitions(ReaderSettings(KafkaConfig(), "events", group, **settings))
     reader.setup()
     log = _PartitionLog(5)
     partition = TopicPartition("events", 0)
     log.assigned = [partition]
     reader._consumers[partition], reader._locks[partition] = log, threading.Lock()
-    finalizer = types.SimpleNamespace(register=lambda _callback: None)
+    return reader, types.SimpleNamespace(register=lambda _callback: None)
+
+
+def test_records_polled_past_a_checkpoint_are_read_by_the_remainder():
+
+    reader, finalizer = reader_of_five_records("checkpoint-test")
 
     def read(tracker):
         return [r.value.position.offset for r in reader.process(
@@ -202,17 +208,9 @@ def test_created_topics_survive_a_broker_loss_where_the_cluster_allows(brokers, 
 
 
 def test_consumer_lag_per_partition_is_what_the_reader_has_not_read_yet():
-    from kafka import TopicPartition  # noqa: PLC0415
     from prometheus_client import REGISTRY  # noqa: PLC0415
 
-    reader = ReadPartitions(ReaderSettings(KafkaConfig(), "events", "lag-test",
-                                           max_records_per_bundle=2))
-    reader.setup()
-    log = _PartitionLog(5)
-    partition = TopicPartition("events", 0)
-    log.assigned = [partition]
-    reader._consumers[partition], reader._locks[partition] = log, threading.Lock()
-    finalizer = types.SimpleNamespace(register=lambda _callback: None)
+    reader, finalizer = reader_of_five_records("lag-test", max_records_per_bundle=2)
 
     def read_and_lag(start):
         list(reader.process(PartitionToRead("events", 0), finalizer,

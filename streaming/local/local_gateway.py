@@ -6,15 +6,12 @@ once its DICOM port (and DICOMweb port, when asked for) accepts connections.
 
 from __future__ import annotations
 
-import contextlib
-import os
-import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 from streaming.local.broker import LOOPBACK, free_port, port_is_open
+from streaming.local.processes import LocalProcess
 
 _MAIN = "import sys; from streaming.cli import main; sys.exit(main(sys.argv[1:]))"
 
@@ -23,7 +20,7 @@ class GatewayError(RuntimeError):
     """The gateway did not come up; the message names its log."""
 
 
-class LocalGateway:
+class LocalGateway(LocalProcess):
     """One gateway process on loopback ports: start(), then stop() or kill()."""
 
     def __init__(self, *, bootstrap_servers: str, events_topic: str, storage_root: str | Path,
@@ -34,23 +31,16 @@ class LocalGateway:
         self.dicomweb_port = free_port() if dicomweb else None
         self.ae_title = ae_title
         self.storage_root = Path(storage_root)
-        self.log_path = Path(log_path)
+        super().__init__(log_path, env)
         self.args = ["gateway", "--bootstrap_servers", bootstrap_servers,
                      "--events_topic", events_topic, "--storage_root", str(storage_root),
                      "--allowed_callers", allowed_callers, "--ae_title", ae_title,
                      "--host", LOOPBACK, "--port", str(self.port), *extra]
         if self.dicomweb_port:
             self.args += ["--dicomweb_port", str(self.dicomweb_port)]
-        self.env = {**os.environ, **(env or {})}
-        self.process: subprocess.Popen | None = None
 
     def start(self, timeout_s: float = 60.0) -> "LocalGateway":
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.log_path, "ab") as log:
-            self.process = subprocess.Popen([sys.executable, "-c", _MAIN, *self.args],
-                                            stdout=log, stderr=subprocess.STDOUT,
-                                            stdin=subprocess.DEVNULL, env=self.env,
-                                            start_new_session=True)
+        self._spawn([sys.executable, "-c", _MAIN, *self.args])
         deadline = time.monotonic() + timeout_s
         ports = [p for p in (self.port, self.dicomweb_port) if p]
         while not all(port_is_open(p) for p in ports):
@@ -64,32 +54,8 @@ class LocalGateway:
             time.sleep(0.05)
         return self
 
-    def running(self) -> bool:
-        return self.process is not None and self.process.poll() is None
-
-    def stop(self, timeout_s: float = 30.0) -> int:
-        if not self.running():
-            return self.process.returncode if self.process else 0
-        os.killpg(self.process.pid, signal.SIGTERM)
-        try:
-            return self.process.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            self.kill()
-            raise GatewayError(f"the gateway did not stop within {timeout_s:.0f} s") from None
-
-    def kill(self) -> None:
-        """SIGKILL, as a crash would."""
-        if self.process is None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.process.pid, signal.SIGKILL)
-        self.process.wait()
-
-    def log_text(self) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")
-        except OSError:
-            return ""
+    def _stop_failed(self, message: str) -> Exception:
+        return GatewayError(f"the gateway: {message}")
 
     def __enter__(self) -> "LocalGateway":
         return self.start()
