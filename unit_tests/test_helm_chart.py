@@ -102,6 +102,7 @@ def test_the_grace_period_fits_the_drain_and_start_up_waits_for_the_lease(varian
     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
         assert container[probe]["httpGet"]["port"] == "metrics"
     assert "--metrics_host=0.0.0.0" in container["args"]
+    assert container["command"] == ["medimg"] and container["args"][0] == "stream"
 
 
 def test_secrets_are_files_from_a_secret_never_values():
