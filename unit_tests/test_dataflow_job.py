@@ -11,6 +11,7 @@ import json
 import pathlib
 import re
 import subprocess
+from unittest import mock
 
 import apache_beam as beam
 import pytest
@@ -21,6 +22,7 @@ from apache_beam.runners.dataflow.internal import apiclient
 from google.protobuf import json_format
 
 from streaming.job.options import StreamingOptions, job_settings
+from streaming.runtime.secrets import parse_secret_manager_refs
 from streaming.job.pipeline import build_pipeline, pipeline_options
 
 DEPLOY = pathlib.Path(__file__).resolve().parents[1] / "deploy" / "dataflow"
@@ -96,8 +98,33 @@ def test_no_secret_reaches_the_job_description(monkeypatch):
                                 "--redis_url=rediss://redis.hospital.local:6380/0"])
     described = json_format.MessageToJson(environment._pb) + str(job)  # noqa: SLF001
     assert "redis.hospital.local" in described  # the check sees the options
+    # Workers get the Secret Manager versions' names instead.
+    assert ("MEDIMG_KAFKA_SASL_PASSWORD=projects/hospital-ml/secrets/medimg-kafka-sasl-password"
+            "/versions/latest") in described
     assert canary not in described
     assert canary.encode() not in job.proto_pipeline.SerializeToString()
+
+
+def test_workers_resolve_kafka_credentials_from_secret_manager(launched):
+    """The reader's Kafka settings, as pickled for the workers, name the secrets; the
+    values are fetched there (the Secret Manager client is the edge replaced here)."""
+    job, _ = launched
+    from streaming.kafka.config import KafkaConfig  # noqa: PLC0415
+    refs = dict(job.options.view_as(PipelineOptions).get_all_options().items())
+    config = KafkaConfig(bootstrap_servers="k:9093", security_protocol="SASL_SSL",
+                         sasl_mechanism="SCRAM-SHA-512",
+                         secret_manager=parse_secret_manager_refs(refs["secret_manager_secrets"]))
+    fetched = []
+
+    def access(name):
+        fetched.append(name)
+        return "from-secret-manager"
+    with mock.patch("streaming.runtime.secrets.access_secret_version", access):
+        kwargs = config.client_kwargs(environ={})
+    assert kwargs["sasl_plain_password"] == "from-secret-manager"
+    assert sorted(fetched) == [
+        "projects/hospital-ml/secrets/medimg-kafka-sasl-password/versions/latest",
+        "projects/hospital-ml/secrets/medimg-kafka-sasl-username/versions/latest"]
 
 
 def test_the_transforms_keep_their_names(launched):
@@ -160,7 +187,8 @@ def test_what_the_job_requires_is_required_and_no_secret_is_a_parameter():
     required = {p["name"] for p in METADATA["parameters"] if not p["isOptional"]}
     assert required == {"bootstrap_servers", "model_registry", "allowed_roots"}
     for param in METADATA["parameters"]:
-        assert not re.search(r"password|username|secret|token", param["name"]), param
+        # Names of Secret Manager versions are fine; a value never is.
+        assert not re.search(r"password|username|token", param["name"]), param
 
 
 @pytest.mark.parametrize("name,good,bad", [
@@ -168,6 +196,9 @@ def test_what_the_job_requires_is_required_and_no_secret_is_a_parameter():
     ("allowed_roots", "gs://a/studies/,gs://b/x", "/mnt/pacs-export"),
     ("bootstrap_servers", "k1:9093,k2:9093", "k1"),
     ("kafka_security_protocol", "SASL_SSL", "sasl_ssl"),
+    ("secret_manager_secrets",
+     "MEDIMG_KAFKA_SASL_PASSWORD=projects/p/secrets/kafka/versions/latest",
+     "MEDIMG_KAFKA_SASL_PASSWORD=hunter2"),
 ])
 def test_parameter_regexes_accept_good_values_and_refuse_bad(name, good, bad):
     regexes = [re.compile(r) for r in parameter(name)["regexes"]]

@@ -2,12 +2,12 @@
 # Launch the streaming job on Dataflow: runner v2, Streaming Engine, one NVIDIA L4 per
 # worker, Keras on JAX (the image from deploy/dataflow/Dockerfile).
 #
-# Secrets: Dataflow workers cannot be given environment variables, so
-# MEDIMG_KAFKA_SASL_USERNAME / _PASSWORD (and MEDIMG_REDIS_*) cannot be exported here
-# for them. Keep them in Secret Manager and bake nothing into the image: the worker image
-# reads `<VARIABLE>_FILE`, so mount or fetch the secret to a file at worker start-up
-# (README, "On Dataflow with GPU workers"). Never pass a secret as an option: options
-# show in Dataflow's UI.
+# Secrets: Dataflow workers cannot be given environment variables, and options show in
+# Dataflow's UI. Keep the Kafka (and Redis) credentials in Secret Manager: the job is given
+# only the versions' names (--secret_manager_secrets) and each worker reads the values with
+# its service account (roles/secretmanager.secretAccessor). SECRET_MANAGER_SECRETS
+# overrides the default names below; locally the same variables come from the environment
+# or from *_FILE.
 #
 # One job per consumer group: the job name is fixed per group, so Dataflow itself
 # refuses a second running job of that name; this process also holds the group's lease
@@ -20,6 +20,8 @@ set -euo pipefail
 : "${IMAGE:?set IMAGE (the worker image built from deploy/dataflow/Dockerfile)}"
 : "${BOOTSTRAP_SERVERS:?set BOOTSTRAP_SERVERS (your Kafka cluster)}"
 CONSUMER_GROUP="${CONSUMER_GROUP:-medimg-stream}"
+SECRETS="projects/$PROJECT/secrets"
+SECRET_MANAGER_SECRETS="${SECRET_MANAGER_SECRETS:-MEDIMG_KAFKA_SASL_USERNAME=$SECRETS/medimg-kafka-sasl-username/versions/latest,MEDIMG_KAFKA_SASL_PASSWORD=$SECRETS/medimg-kafka-sasl-password/versions/latest}"
 
 args=(
   --runner=DataflowRunner
@@ -36,6 +38,7 @@ args=(
   --bootstrap_servers="$BOOTSTRAP_SERVERS"
   --consumer_group="$CONSUMER_GROUP"
   --kafka_security_protocol=SASL_SSL --kafka_sasl_mechanism=SCRAM-SHA-512
+  --secret_manager_secrets="$SECRET_MANAGER_SECRETS"
   --model_registry="$BUCKET/models"
   --allowed_roots="$BUCKET/studies/"
   --min_batch_size=8 --max_batch_size=256

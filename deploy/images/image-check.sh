@@ -24,7 +24,9 @@ if [[ "$engine" == docker ]] && ! docker info >/dev/null 2>&1; then
   command -v dockerd >/dev/null || { echo "image-check: dockerd missing (docker.io)" >&2; exit 2; }
   echo "image-check: starting dockerd (log: $WORK/dockerd.log)"
   dockerd >"$WORK/dockerd.log" 2>&1 &
-  echo $! > "$WORK/dockerd.pid"
+  dockerd_pid=$!
+  # Stop the daemon this script started, and only that one, however the check ends.
+  trap 'kill "$dockerd_pid" 2>/dev/null; wait "$dockerd_pid" 2>/dev/null || true' EXIT
   for _ in $(seq 60); do docker info >/dev/null 2>&1 && break; sleep 1; done
   docker info >/dev/null
 fi
@@ -38,6 +40,10 @@ if ! "$engine" image inspect "$BASE_TAG" >/dev/null 2>&1; then
   debootstrap --variant=minbase --include=python3,python3-venv,ca-certificates \
     bookworm "$rootfs" "$MIRROR" >"$WORK/debootstrap.log" 2>&1
   rm -rf "$rootfs"/var/cache/apt/archives/*.deb "$rootfs"/var/lib/apt/lists/*
+  # The base is for this check only: trust the CAs this machine trusts (a TLS-inspecting
+  # proxy in front of PyPI), for pip too, which otherwise uses its own bundle.
+  cp /etc/ssl/certs/ca-certificates.crt "$rootfs/etc/ssl/certs/ca-certificates.crt"
+  printf '[global]\ncert = /etc/ssl/certs/ca-certificates.crt\n' > "$rootfs/etc/pip.conf"
   tar -C "$rootfs" -c . | "$engine" import - "$BASE_TAG"
 fi
 
