@@ -81,3 +81,11 @@ def test_the_gpu_image_runs_keras_on_jax_and_the_cpu_image_on_tensorflow():
 def test_the_build_context_leaves_out_the_venv_and_secrets():
     ignored = (ROOT / ".dockerignore").read_text().split()
     assert {".venv", ".git", "deploy/compose/secrets"} <= set(ignored)
+
+
+@pytest.mark.parametrize("name", ["stream-cpu", "stream-gpu"])
+def test_a_read_only_root_still_has_a_writable_home(name):
+    """The chart and Compose mount only /tmp writable; Keras, matplotlib and the embedded
+    broker write under HOME (make image-check failed on HOME=/nonexistent)."""
+    env = " ".join(a for i, a in stages(DOCKERFILES[name])[-1] if i == "ENV")
+    assert re.search(r"\bHOME=/tmp\b", env)

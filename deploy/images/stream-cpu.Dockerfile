@@ -27,13 +27,15 @@ RUN /opt/medimg/bin/pip install --no-deps -c constraints.txt . \
 
 FROM ${BASE}
 COPY --from=build /opt/medimg /opt/medimg
-# Non-root, numeric so Kubernetes' runAsNonRoot can verify it; no home to write to
-# (read-only root filesystem): Keras and JAX caches go to /tmp.
+# Non-root, numeric so Kubernetes' runAsNonRoot can verify it. The root filesystem is
+# read-only in the chart and Compose: HOME is /tmp, where Keras, matplotlib and the demo's
+# embedded broker write their caches (make image-check found the broker needing it).
 RUN useradd --system --uid 10001 --user-group --home-dir /nonexistent --no-create-home medimg
 USER 10001:10001
 ENV PATH=/opt/medimg/bin:$PATH \
     KERAS_BACKEND=tensorflow \
     KERAS_HOME=/tmp/keras \
+    HOME=/tmp \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1
 ENTRYPOINT ["medimg"]
