@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed-stamp
 # Some machines cap pip with a global constraints file (e.g. /etc/xdg/pip); ours wins.
 PIP_INSTALL := $(PY) -m pip install --disable-pip-version-check --no-input
 
-.PHONY: venv demo test unit integration bench bench-decode bench-train bench-reliability clean help
+.PHONY: venv demo test unit integration bench bench-decode bench-train bench-reliability image-check clean help
 
 help:
 	@echo "make demo     run the whole pipeline on synthetic studies (creates .venv)"
@@ -16,6 +16,7 @@ help:
 	@echo "make bench    throughput, latency, hot swap and decode -> bench/results/stream.json"
 	@echo "make bench-train  the training recipe on PneumoniaMNIST -> bench/results/train.json"
 	@echo "make bench-reliability  crashes, broker outage, hostile input, PHI -> bench/results/reliability.json"
+	@echo "make image-check  build the CPU job image on a local Debian base and run medimg demo in it (slow, root or podman)"
 	@echo "make clean    remove the virtual environment and demo files"
 
 $(STAMP): setup.py constraints.txt
@@ -49,6 +50,10 @@ bench-train: $(STAMP)
 
 bench-reliability: $(STAMP)
 	$(PY) -m bench.reliability_bench
+
+# Slow and needs root or podman: not part of make test (deploy/images/image-check.sh).
+image-check:
+	deploy/images/image-check.sh
 
 clean:
 	rm -rf $(VENV) .medimg-demo .pytest_cache

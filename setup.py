@@ -52,6 +52,9 @@ EXTRAS = {
     # Generating the Grafana dashboard (deploy/monitoring/dashboard.py); the epoch is
     # how the project numbers its releases on PyPI.
     "monitoring": ["grafana-foundation-sdk==1769699998!10.1.0", "PyYAML>=6,<7"],
+    # Checking deploy/ offline: Helm's renderer and linter as a library (no helm binary,
+    # no cluster) and the Kubernetes API schemas.
+    "deploy": ["helm-python-sdk==0.2.2", "kubernetes-validate>=1.37,<2"],
     "test": [
         "pytest>=9.2,<10",
         "pytest-timeout>=2.3",
@@ -72,7 +75,7 @@ EXTRAS = {
     ],
 }
 EXTRAS["dev"] = sorted({req for name in ("tensorflow", "training", "airflow", "local", "gateway",
-                                         "test", "monitoring")
+                                         "test", "monitoring", "deploy")
                         for req in EXTRAS[name]})
 
 setup(

@@ -137,12 +137,14 @@ def _redis_errors():
 @dataclasses.dataclass(frozen=True)
 class RedisSettings:
     """Where the claims live. Credentials are read from the environment on the worker:
-    MEDIMG_REDIS_USERNAME / MEDIMG_REDIS_PASSWORD, or their _FILE variants."""
+    MEDIMG_REDIS_USERNAME / MEDIMG_REDIS_PASSWORD, or their _FILE variants, or the Secret
+    Manager versions ``secret_manager`` names for them (names, never values)."""
     url: str
     namespace: str
     ttl_s: int = DEFAULT_TTL_S
     takeover_after_s: float = DEFAULT_TAKEOVER_S
     ssl_cafile: str | None = None
+    secret_manager: tuple[tuple[str, str], ...] = ()
 
     def __post_init__(self):
         if not self.url.startswith(("redis://", "rediss://", "unix://")):
@@ -157,7 +159,7 @@ class RedisSettings:
                    "health_check_interval": 30, "decode_responses": True}
         for option, variable in (("username", "MEDIMG_REDIS_USERNAME"),
                                  ("password", "MEDIMG_REDIS_PASSWORD")):
-            value = read_secret(variable, environ)
+            value = read_secret(variable, environ, dict(self.secret_manager))
             if value:
                 options[option] = value
         if self.ssl_cafile:

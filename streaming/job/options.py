@@ -21,6 +21,7 @@ from streaming.kafka.config import KafkaConfig
 from streaming.kafka.lease import DEFAULT_TOPIC as DEFAULT_LEASE_TOPIC
 from streaming.kafka.lease import DEFAULT_TTL_S as DEFAULT_LEASE_TTL_S
 from streaming.runtime import metrics
+from streaming.runtime.secrets import parse_secret_manager_refs
 from streaming.kafka.sink import WriterSettings
 from streaming.kafka.source import ReaderSettings
 from streaming.modeling.serving import DEFAULT_POLL_S
@@ -120,6 +121,13 @@ class StreamingOptions(PipelineOptions):
         delivery.add_argument("--dedup_takeover_s", type=float, default=DEFAULT_TAKEOVER_S,
                               help="take over another worker's unfinished claim after this "
                                    "long (default: %(default)s)")
+
+        delivery.add_argument("--secret_manager_secrets", default=None,
+                              help="where workers without our environment (Dataflow) read "
+                                   "secrets: comma-separated VARIABLE=projects/P/secrets/S/"
+                                   "versions/V, e.g. MEDIMG_KAFKA_SASL_PASSWORD=projects/p/"
+                                   "secrets/kafka-password/versions/latest; the variable or "
+                                   "its _FILE still wins where set")
 
         operations = parser.add_argument_group("Operations")
         operations.add_argument("--metrics_port", type=int, default=None,
@@ -270,14 +278,17 @@ def job_settings(options: PipelineOptions) -> JobSettings:
     if len(set(topics)) != 3:
         raise OptionsError("--events_topic, --findings_topic and --dead_letter_topic must differ")
     try:
+        secret_manager = parse_secret_manager_refs(o.secret_manager_secrets)
         dedup = (RedisSettings(url=o.redis_url, namespace=o.dedup_namespace or o.consumer_group,
                                ttl_s=o.dedup_ttl_s, takeover_after_s=o.dedup_takeover_s,
-                               ssl_cafile=o.redis_ssl_cafile) if o.redis_url else None)
+                               ssl_cafile=o.redis_ssl_cafile, secret_manager=secret_manager)
+                 if o.redis_url else None)
         kafka = KafkaConfig(bootstrap_servers=bootstrap_servers(options),
                             security_protocol=o.kafka_security_protocol,
                             sasl_mechanism=o.kafka_sasl_mechanism,
                             ssl_cafile=o.kafka_ssl_cafile, ssl_certfile=o.kafka_ssl_certfile,
-                            ssl_keyfile=o.kafka_ssl_keyfile, client_id="medimg-stream")
+                            ssl_keyfile=o.kafka_ssl_keyfile, client_id="medimg-stream",
+                            secret_manager=secret_manager)
     except ValueError as error:
         raise OptionsError(str(error)) from error
     return JobSettings(

@@ -9,6 +9,9 @@ file named by the environment:
     MEDIMG_KAFKA_SASL_PASSWORD      / MEDIMG_KAFKA_SASL_PASSWORD_FILE
     MEDIMG_KAFKA_SSL_KEY_PASSWORD   / MEDIMG_KAFKA_SSL_KEY_PASSWORD_FILE
 
+or, where workers have no such environment (Dataflow), from the Secret Manager version
+named for the variable by ``--secret_manager_secrets``.
+
 ``KafkaConfig`` therefore holds no secret and is safe to pickle into the job graph.
 """
 
@@ -43,6 +46,8 @@ class KafkaConfig:
     ssl_certfile: str | None = None
     ssl_keyfile: str | None = None
     client_id: str = "medimg"
+    # (variable, Secret Manager version name) pairs: names, never values.
+    secret_manager: tuple[tuple[str, str], ...] = ()
 
     def __post_init__(self):
         if self.security_protocol not in SECURITY_PROTOCOLS:
@@ -67,7 +72,7 @@ class KafkaConfig:
                 settings[name] = getattr(self, name)
         for setting, variable in _SECRETS.items():
             try:
-                value = read_secret(variable, environ)
+                value = read_secret(variable, environ, dict(self.secret_manager))
             except SecretUnreadable as error:
                 raise KafkaConfigError(str(error)) from None
             if value is not None:
