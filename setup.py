@@ -49,6 +49,8 @@ EXTRAS = {
     # Generating the Grafana dashboard (deploy/monitoring/dashboard.py); the epoch is
     # how the project numbers its releases on PyPI.
     "monitoring": ["grafana-foundation-sdk==1769699998!10.1.0", "PyYAML>=6,<7"],
+    # medimg report: DICOM SR/Secondary Capture (highdicom) stored over DICOMweb.
+    "reporting": ["highdicom==0.28.2", "dicomweb-client==0.61.2"],
     "test": [
         "pytest>=9.2,<10",
         "pytest-timeout>=2.3",
@@ -66,7 +68,7 @@ EXTRAS = {
         "jaxlib>=0.10.2,<0.11",
     ],
 }
-EXTRAS["dev"] = sorted({req for name in ("tensorflow", "training", "airflow", "local", "test",
+EXTRAS["dev"] = sorted({req for name in ("tensorflow", "training", "airflow", "local", "test", "reporting",
                                                        "monitoring")
                         for req in EXTRAS[name]})
 

@@ -45,6 +45,8 @@ class Pacs:
                  sleep: Callable[[float], None] = time.sleep):
         self.url = url
         self._client = DICOMwebClient(url=url, timeout=timeout_s)
+        # One retry policy, ours: dicomweb-client's own would multiply it.
+        self._client.set_http_retry_params(retry=False)
         self._attempts, self._backoff_s, self._max_backoff_s = attempts, backoff_s, max_backoff_s
         self._sleep = sleep
 
