@@ -55,6 +55,8 @@ EXTRAS = {
     # Checking deploy/ offline: Helm's renderer and linter as a library (no helm binary,
     # no cluster) and the Kubernetes API schemas.
     "deploy": ["helm-python-sdk==0.2.2", "kubernetes-validate>=1.37,<2"],
+    # medimg report: DICOM SR/Secondary Capture (highdicom) stored over DICOMweb.
+    "reporting": ["highdicom==0.28.2", "dicomweb-client==0.61.2"],
     "test": [
         "pytest>=9.2,<10",
         "pytest-timeout>=2.3",
@@ -75,7 +77,7 @@ EXTRAS = {
     ],
 }
 EXTRAS["dev"] = sorted({req for name in ("tensorflow", "training", "airflow", "local", "gateway",
-                                         "test", "monitoring", "deploy")
+                                         "test", "monitoring", "deploy", "reporting")
                         for req in EXTRAS[name]})
 
 setup(

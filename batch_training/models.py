@@ -127,3 +127,18 @@ def build_model(architecture: str, input_shape: Sequence[int], num_classes: int)
         raise ValueError(f"unknown architecture {architecture!r}; choose one of "
                          f"{', '.join(sorted(ARCHITECTURES))}") from None
     return builder(tuple(input_shape), num_classes)
+
+
+def explained_layer_name(model: keras.Model) -> str:
+    """The layer an explanation (Grad-CAM) should look at: the last 4-D (spatial)
+    feature map before the global pooling, where each cell still has a place in the
+    image and the class decision is a weighted sum over cells."""
+    for layer in reversed(model.layers):
+        shape = getattr(layer, "output", None)
+        shape = getattr(shape, "shape", None)
+        if shape is not None and len(shape) == 4 and not isinstance(layer, keras.layers.InputLayer):
+            if isinstance(layer, (keras.layers.MaxPooling2D, keras.layers.AveragePooling2D)):
+                continue
+            return layer.name
+    raise ValueError(f"{model.name} has no spatial feature map to explain")
+

@@ -44,7 +44,7 @@ from batch_training.datasets import LabeledData, load_labeled_data
 from batch_training.evaluation import (EvaluationResult, evaluate_scores, operating_threshold,
                                        sensitivity_lower_bound, threshold_for_specificity,
                                        write_report)
-from batch_training.models import INPUT_NAME, build_model
+from batch_training.models import INPUT_NAME, build_model, explained_layer_name
 from batch_training.roles import CALIBRATION, FIT, HOLDOUT, DataRoles, too_few
 from streaming.imaging.preprocessing import PreprocessingSpec
 from streaming.modeling.metadata import Applicability, ModelMetadata, utc_now
@@ -248,6 +248,8 @@ def train_and_register(config: TrainingConfig, progress: bool = True) -> ModelMe
     document = metadata_document(config, data.classes, positive_class,
                                  training_metrics(validation, calibration, config, holdout),
                                  data.fingerprint, training, calibration)
+    # Which activations the reporter's Grad-CAM explains: the last feature map before pooling.
+    document["explained_layer"] = explained_layer_name(model)
     registry = ModelRegistry(config.model_registry)
     with tempfile.TemporaryDirectory(prefix="medimg-train-") as staging:
         write_model_files(model, Path(staging), history)

@@ -8,7 +8,7 @@ from streaming.cli import EXIT_USAGE, main
 from unit_tests.conftest import MODEL_NAME
 
 
-@pytest.mark.parametrize("command", ["demo", "broker", "stream", "publish", "findings", "train",
+@pytest.mark.parametrize("command", ["demo", "broker", "stream", "publish", "findings", "report", "train",
                                      "evaluate", "reconcile", "dead-letters"])
 def test_every_command_has_help(capsys, command):
     with pytest.raises(SystemExit) as exited:

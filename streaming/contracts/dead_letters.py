@@ -29,6 +29,8 @@ class Stage:
     LOAD = "load"
     INFERENCE = "inference"
     PUBLISH = "publish"
+    # medimg report: a finding that could not become a DICOM report in the PACS.
+    REPORT = "report"
 
 
 @dataclasses.dataclass(frozen=True)

@@ -75,6 +75,26 @@ class Decision:
 
 
 @dataclasses.dataclass(frozen=True)
+class ClassCode:
+    """A class as a coded concept (code value, coding scheme, meaning), as DICOM reports need it."""
+    value: str
+    scheme: str
+    meaning: str
+
+    def to_dict(self) -> dict:
+        return {"value": self.value, "scheme": self.scheme, "meaning": self.meaning}
+
+
+# Codes for class names older metadata already uses, so their reports are coded too.
+DEFAULT_CLASS_CODES = {
+    "pneumonia": ClassCode("233604007", "SCT", "Pneumonia"),
+    "normal": ClassCode("17621005", "SCT", "Normal"),
+    "lesion": ClassCode("52988006", "SCT", "Lesion"),
+}
+LOCAL_CODING_SCHEME = "99MEDIMG"
+
+
+@dataclasses.dataclass(frozen=True)
 class ModelMetadata:
     name: str
     version: str
@@ -88,6 +108,20 @@ class ModelMetadata:
     # Everything else in metadata.json (metrics, data fingerprint, training
     # configuration, code version): kept so that a round trip loses nothing.
     extra: Mapping = dataclasses.field(default_factory=dict)
+
+    def class_code(self, class_name: str) -> ClassCode:
+        """The coded concept of a class: from ``class_codes``, a built-in default, or a
+        local code carrying the class name (never an invented SNOMED CT code)."""
+        given = (self.extra.get("class_codes") or {}).get(class_name)
+        if given:
+            return ClassCode(given["value"], given["scheme"], given["meaning"])
+        return DEFAULT_CLASS_CODES.get(class_name.lower(),
+                                       ClassCode(class_name[:16], LOCAL_CODING_SCHEME, class_name))
+
+    @property
+    def explained_layer(self) -> str | None:
+        """The layer Grad-CAM explains; None: the model's last 2-D convolution."""
+        return self.extra.get("explained_layer")
 
     @property
     def model_id(self) -> str:

@@ -81,6 +81,13 @@ REPLAY_RULES: dict[str, tuple[bool, str]] = {
                                             "send a smaller one"),
     Reason.EVENT_ID_CONFLICT.value: (False, "the event reuses another event's event_id: the "
                                             "sender must send it again with its own event_id"),
+    # The reporter's own dead letters hold a finding, not an event: re-run `medimg report`
+    # over the findings topic once the cause is fixed (its reports are idempotent).
+    Reason.REPORT_SOURCE_UNAVAILABLE.value: (False, "store the source image in the PACS, then "
+                                                    "run medimg report again"),
+    Reason.REPORT_PACS_UNAVAILABLE.value: (False, "run medimg report again once the PACS is up"),
+    Reason.REPORT_FAILED.value: (False, "fix the cause named in the message, then run medimg "
+                                        "report again"),
 }
 
 
